@@ -1,0 +1,257 @@
+"""Model resolution: a local directory, a built-in profile, or the local Hugging Face cache.
+
+Order: (1) a directory holding `config.json`; (2) a profile name, case- and punctuation-
+insensitive (`llama-3.1-8b`, `meta-llama/Llama-3.1-8B`); (3) the HF hub cache, offline.
+An unknown name raises `UnknownModelError` with the closest matches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import FtuiError, UnknownModelError
+from engine.paths import hf_hub_cache
+from profiles import find_model_profile, model_profile_names, normalize_name
+
+# Keys that mean "this is a mixture-of-experts model" across architectures' config.json files.
+_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_EXPERTS_PER_TOKEN_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts")
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """A model's architecture as its config.json describes it (the text part for multimodal)."""
+
+    name: str  # what the user typed, or the profile id
+    source: str  # "dir", "profile" or "hf-cache"
+    config: dict[str, Any] = field(hash=False, compare=False)
+    hf_id: str | None = None
+    path: str | None = None  # directory holding config.json (dir / hf-cache)
+    profile_id: str | None = None
+
+    @property
+    def text_config(self) -> dict[str, Any]:
+        text = self.config.get("text_config")
+        return text if isinstance(text, dict) and "hidden_size" in text else self.config
+
+    def _get(self, *keys: str, default: Any = None) -> Any:
+        cfg = self.text_config
+        for key in keys:
+            if cfg.get(key) is not None:
+                return cfg[key]
+        return default
+
+    @property
+    def model_type(self) -> str:
+        return str(self._get("model_type", default=self.config.get("model_type", "unknown")))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._get("hidden_size", "n_embd", "d_model"))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._get("num_hidden_layers", "n_layer", "num_layers"))
+
+    @property
+    def num_heads(self) -> int:
+        return int(self._get("num_attention_heads", "n_head"))
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self._get("num_key_value_heads", default=self.num_heads))
+
+    @property
+    def head_dim(self) -> int:
+        return int(self._get("head_dim", default=self.hidden_size // self.num_heads))
+
+    @property
+    def intermediate_size(self) -> int:
+        return int(self._get("intermediate_size", "n_inner", default=4 * self.hidden_size))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._get("vocab_size"))
+
+    @property
+    def tied_embeddings(self) -> bool:
+        # transformers' default is True when the key is absent.
+        tied = self.config.get("tie_word_embeddings", self.text_config.get("tie_word_embeddings"))
+        return True if tied is None else bool(tied)
+
+    @property
+    def max_positions(self) -> int | None:
+        value = self._get("max_position_embeddings", "n_positions")
+        return int(value) if value is not None else None
+
+    @property
+    def rope_scaling(self) -> dict[str, Any] | None:
+        value = self._get("rope_scaling")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def num_experts(self) -> int:
+        return int(self._get(*_EXPERT_COUNT_KEYS, default=0) or 0)
+
+    @property
+    def experts_per_token(self) -> int:
+        return int(self._get(*_EXPERTS_PER_TOKEN_KEYS, default=0) or 0)
+
+    @property
+    def moe_intermediate_size(self) -> int:
+        return int(self._get("moe_intermediate_size", default=self.intermediate_size))
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "hf_id": self.hf_id,
+            "path": self.path,
+            "profile_id": self.profile_id,
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size,
+            "tied_embeddings": self.tied_embeddings,
+            "num_experts": self.num_experts,
+            "experts_per_token": self.experts_per_token,
+            "max_positions": self.max_positions,
+        }
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FtuiError(f"cannot read {path}: {exc}", "check the file's permissions") from exc
+    except json.JSONDecodeError as exc:
+        raise FtuiError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            "restore the model's original config.json",
+        ) from exc
+    if not isinstance(data, dict):
+        raise FtuiError(f"{path} does not hold a JSON object", "restore the model's config.json")
+    _check_arch_fields(data, path)
+    return data
+
+
+def _check_arch_fields(config: dict[str, Any], path: Path) -> None:
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    assert isinstance(text, dict)
+    missing = [
+        key
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        if key not in text and not ({"n_embd", "n_layer", "n_head"} & set(text))
+    ]
+    if missing:
+        raise FtuiError(
+            f"{path} lacks {', '.join(missing)}: ftui can only plan decoder language models",
+            "pass the directory of a causal language model (its config.json has hidden_size, "
+            "num_hidden_layers, num_attention_heads and vocab_size)",
+        )
+
+
+def _hf_cache_entries(cache: Path) -> dict[str, Path]:
+    """'org/name' -> newest snapshot dir holding a config.json, for every cached model."""
+    entries: dict[str, Path] = {}
+    try:
+        repos = [p for p in cache.iterdir() if p.name.startswith("models--")]
+    except OSError:
+        return entries
+    for repo in repos:
+        repo_id = repo.name[len("models--") :].replace("--", "/")
+        snapshot = _cached_snapshot(repo)
+        if snapshot is not None:
+            entries[repo_id] = snapshot
+    return entries
+
+
+def _cached_snapshot(repo: Path) -> Path | None:
+    ref = repo / "refs" / "main"
+    try:
+        if ref.is_file():
+            candidate = repo / "snapshots" / ref.read_text().strip()
+            if (candidate / "config.json").is_file():
+                return candidate
+        snaps = sorted(
+            (s for s in (repo / "snapshots").iterdir() if (s / "config.json").is_file()),
+            key=lambda s: s.stat().st_mtime,
+            reverse=True,
+        )
+    except OSError:
+        return None
+    return snaps[0] if snaps else None
+
+
+def resolve_model(name: str, *, hf_cache: Path | None = None) -> ModelArch:
+    """Find a model's architecture without touching the network."""
+    text = name.strip()
+    if not text:
+        raise FtuiError("no model given", "pass --model with a profile name or a local directory")
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FtuiError(
+                f"{path} is a directory without a config.json",
+                "point --model at the folder that holds the model's config.json",
+            )
+        return ModelArch(
+            name=text, source="dir", config=_read_config(config_path), path=str(path.absolute())
+        )
+    if path.name == "config.json" and path.is_file():
+        return ModelArch(
+            name=text, source="dir", config=_read_config(path), path=str(path.parent.absolute())
+        )
+
+    profile = find_model_profile(text)
+    if profile is not None:
+        return ModelArch(
+            name=profile.id,
+            source="profile",
+            config=dict(profile.config),
+            hf_id=profile.hf_id,
+            profile_id=profile.id,
+        )
+
+    cache = hf_cache if hf_cache is not None else hf_hub_cache()
+    cached = _hf_cache_entries(cache)
+    wanted = normalize_name(text)
+    for repo_id, snapshot in cached.items():
+        if wanted in (normalize_name(repo_id), normalize_name(repo_id.split("/")[-1])):
+            return ModelArch(
+                name=repo_id,
+                source="hf-cache",
+                config=_read_config(snapshot / "config.json"),
+                hf_id=repo_id,
+                path=str(snapshot),
+            )
+
+    raise UnknownModelError(text, suggest_models(text, extra=list(cached)))
+
+
+def suggest_models(text: str, *, extra: list[str] | None = None, n: int = 5) -> list[str]:
+    """The closest known model names to `text`, best first."""
+    names = model_profile_names() + (extra or [])
+    by_key: dict[str, str] = {}
+    for candidate in names:
+        by_key.setdefault(normalize_name(candidate), candidate)
+    keys = difflib.get_close_matches(normalize_name(text), list(by_key), n=n, cutoff=0.5)
+    out: list[str] = []
+    for key in keys:
+        if by_key[key] not in out:
+            out.append(by_key[key])
+    return out
