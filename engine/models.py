@@ -20,6 +20,10 @@ from profiles import find_model_profile, model_profile_names, normalize_name
 # Keys that mean "this is a mixture-of-experts model" across architectures' config.json files.
 _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _EXPERTS_PER_TOKEN_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts")
+# Architectures whose MLP is up -> activation -> down, without a gate.
+_PLAIN_MLP_TYPES = frozenset(
+    {"gpt2", "gpt_bigcode", "bloom", "gpt_neox", "falcon", "opt", "phi", "starcoder2", "gptj"}
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,16 @@ class ModelArch:
     @property
     def moe_intermediate_size(self) -> int:
         return int(self._get("moe_intermediate_size", default=self.intermediate_size))
+
+    @property
+    def gated_mlp(self) -> bool:
+        """SwiGLU/GeGLU (gate, up, down) rather than a plain two-layer MLP."""
+        return self.model_type not in _PLAIN_MLP_TYPES
+
+    @property
+    def rms_norm(self) -> bool:
+        """RMSNorm (upcasts to fp32 inside) rather than LayerNorm."""
+        return self.model_type not in _PLAIN_MLP_TYPES
 
     @property
     def is_moe(self) -> bool:

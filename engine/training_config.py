@@ -45,6 +45,9 @@ class TrainingConfig:
     targets: tuple[str, ...] = (ALL_LINEAR,)
     dora: bool = False
     double_quant: bool = True  # QLoRA: quantise the quantisation constants too
+    # QLoRA: PEFT's prepare_model_for_kbit_training upcasts norms, embeddings and lm_head to
+    # fp32 (and with them the residual stream). ftui keeps them in 16-bit unless asked.
+    kbit_upcast: bool = False
     dtype: str = "bf16"  # compute dtype
     pure_bf16: bool = False  # full fine-tune: bf16 weights and optimizer states, no fp32 master
     optim: str = "adamw_torch"

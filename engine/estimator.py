@@ -1,0 +1,527 @@
+"""Tier 1 of the memory estimator: an analytic model, pure Python, microseconds per estimate.
+
+Per GPU it predicts three levels, each what a tool reports:
+  allocated  torch.cuda.max_memory_allocated: live tensors at the worst moment of a step;
+  reserved   torch.cuda.max_memory_reserved: allocated plus the caching allocator's slack;
+  device     what nvidia-smi shows: reserved plus the CUDA context and communication buffers.
+
+The peak is the maximum over phases (forward/backward incl. recompute, optimizer step), not a
+sum of everything. Activation bytes follow what transformers' decoder layers save for backward
+(see docs/estimator.md); the few multipliers in `Calibration` are fitted against dry runs
+(tier 2) and measured GPU runs, never per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.models import ModelArch
+from engine.training_config import TrainingConfig
+
+GIB = 1024**3
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+PHASES = ("forward_backward", "recompute", "optimizer_step")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The estimator's few fitted constants. See docs/estimator.md for how each was fitted."""
+
+    # Caching-allocator slack: reserved = allocated * (1 + frag) + the largest block's rounding.
+    reserved_frag: float = 0.08
+    # CUDA context + cuBLAS/cuDNN workspaces, bytes (nvidia-smi minus reserved on an idle step).
+    cuda_context_bytes: int = int(0.75 * GIB)
+    # NCCL buffers and streams per process when world size > 1.
+    comm_bytes: int = int(0.6 * GIB)
+    # Multiplier on activation bytes (what the model cannot see: allocator temporaries in
+    # kernels, autocast copies).
+    activation_scale: float = 1.0
+    # Bytes per logit (token x vocab entry) alive at the loss, by loss code path (see
+    # LOSS_PATHS): transformers 5 keeps the compute-dtype logits, an fp32 upcast inside the
+    # loss, log-softmax and its gradient; the older llama-family code also upcast in the
+    # model and made a shifted fp32 copy.
+    logit_bytes: float = 12.0
+    legacy_logit_bytes: float = 16.0
+
+
+DEFAULT_CALIBRATION = Calibration()
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    embedding: int  # input embedding (V*h)
+    lm_head: int  # 0 when tied
+    linear: int  # every decoder-layer linear weight (quantised by QLoRA)
+    other: int  # norms, biases, routers kept in 16-bit
+    trainable: int
+    per_layer_linear: int
+    lora: int  # LoRA/DoRA adapter parameters (0 for full)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+    count: int = 1  # per layer (experts)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int
+    breakdown: dict[str, int]
+    peak_phase: str
+    phase_bytes: dict[str, int]
+    host_bytes: int  # CPU RAM the run needs for offloaded states (0 without offload)
+    params: ParamCounts
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def allocated_gib(self) -> float:
+        return self.allocated_bytes / GIB
+
+    @property
+    def reserved_gib(self) -> float:
+        return self.reserved_bytes / GIB
+
+    @property
+    def device_gib(self) -> float:
+        return self.device_bytes / GIB
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allocated_bytes": self.allocated_bytes,
+            "reserved_bytes": self.reserved_bytes,
+            "device_bytes": self.device_bytes,
+            "allocated_gib": round(self.allocated_gib, 3),
+            "reserved_gib": round(self.reserved_gib, 3),
+            "device_gib": round(self.device_gib, 3),
+            "breakdown_bytes": dict(self.breakdown),
+            "breakdown_gib": {k: round(v / GIB, 3) for k, v in self.breakdown.items()},
+            "peak_phase": self.peak_phase,
+            "phase_gib": {k: round(v / GIB, 3) for k, v in self.phase_bytes.items()},
+            "host_gib": round(self.host_bytes / GIB, 3),
+            "notes": list(self.notes),
+        }
+
+
+# -- architecture ----------------------------------------------------------------------------
+
+
+def decoder_linears(arch: ModelArch) -> list[Linear]:
+    """The linear layers of one decoder block, with HF's module names."""
+    h, qd, kvd = arch.hidden_size, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    layers = [
+        Linear("q_proj", h, qd),
+        Linear("k_proj", h, kvd),
+        Linear("v_proj", h, kvd),
+        Linear("o_proj", qd, h),
+    ]
+    if arch.is_moe:
+        f = arch.moe_intermediate_size
+        e = arch.num_experts
+        layers += [
+            Linear("gate_proj", h, f, e),
+            Linear("up_proj", h, f, e),
+            Linear("down_proj", f, h, e),
+            Linear("router", h, e),
+        ]
+    else:
+        f = arch.intermediate_size
+        if arch.gated_mlp:
+            layers.append(Linear("gate_proj", h, f))
+        layers += [Linear("up_proj", h, f), Linear("down_proj", f, h)]
+    return layers
+
+
+def _has_qkv_bias(arch: ModelArch) -> bool:
+    cfg = arch.text_config
+    return bool(cfg.get("attention_bias")) or arch.model_type in ("qwen2", "qwen2_moe")
+
+
+def _norms_per_layer(arch: ModelArch) -> int:
+    return 4 if arch.model_type in ("gemma2", "gemma3", "gemma3_text") else 2
+
+
+def lora_targets(arch: ModelArch, config: TrainingConfig) -> list[Linear]:
+    wanted = set(config.expanded_targets)
+    return [lin for lin in decoder_linears(arch) if lin.name in wanted]
+
+
+def count_params(arch: ModelArch, config: TrainingConfig | None = None) -> ParamCounts:
+    h, v, n_layers = arch.hidden_size, arch.vocab_size, arch.num_layers
+    linears = decoder_linears(arch)
+    per_layer_linear = sum(lin.in_features * lin.out_features * lin.count for lin in linears)
+    other_per_layer = _norms_per_layer(arch) * h
+    if _has_qkv_bias(arch):
+        other_per_layer += arch.num_heads * arch.head_dim + 2 * arch.num_kv_heads * arch.head_dim
+    if arch.model_type in ("qwen3", "qwen3_moe", "gemma3", "gemma3_text"):
+        other_per_layer += 2 * arch.head_dim  # q_norm, k_norm
+    embedding = v * h
+    lm_head = 0 if arch.tied_embeddings else v * h
+    linear = per_layer_linear * n_layers
+    other = other_per_layer * n_layers + h
+    total = embedding + lm_head + linear + other
+    lora = 0
+    if config is not None and config.is_peft:
+        for lin in lora_targets(arch, config):
+            per = config.rank * (lin.in_features + lin.out_features)
+            if config.dora:
+                per += lin.out_features  # magnitude vector
+            lora += per * lin.count * n_layers
+    trainable = total if config is None or config.method == "full" else lora
+    return ParamCounts(
+        total=total + lora,
+        embedding=embedding,
+        lm_head=lm_head,
+        linear=linear,
+        other=other,
+        trainable=trainable,
+        per_layer_linear=per_layer_linear,
+        lora=lora,
+    )
+
+
+# -- states ----------------------------------------------------------------------------------
+
+
+def _nf4_bytes(n: int, double_quant: bool) -> float:
+    """bitsandbytes NF4: 4 bits per weight + absmax per 64 (fp32, or uint8 + fp32 per 256 blocks)."""
+    blocks = n / 64
+    absmax = blocks * 1 + blocks / 256 * 4 if double_quant else blocks * 4
+    return n / 2 + absmax
+
+
+def optimizer_bytes_per_param(optim: str, state_bytes: int) -> float:
+    """Optimizer state per trainable parameter."""
+    if optim in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
+        return 2 * state_bytes
+    if optim in ("adamw_8bit", "paged_adamw_8bit"):
+        return 2 * (1 + 4 / 256)  # two uint8 states + fp32 absmax per 256-element block
+    if optim == "adafactor":
+        return 0.05 * state_bytes  # factored second moment: rows + cols, ~nothing per param
+    return 0.0  # sgd without momentum (HF default)
+
+
+def optimizer_temp_bytes_per_param(optim: str, state_bytes: int) -> float:
+    """Transient memory of `optimizer.step()` per trainable parameter (foreach keeps one
+    parameter-sized intermediate per group alive)."""
+    if optim == "adamw_torch":
+        return state_bytes
+    if optim == "adafactor":
+        return state_bytes
+    return 0.0
+
+
+# -- activations -----------------------------------------------------------------------------
+
+
+def _attention_scores_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Per token per layer: eager attention keeps the softmax probabilities (fp32 and a
+    compute-dtype copy) for every key; sdpa/flash keep only a log-sum-exp per head."""
+    if config.attn == "eager":
+        return arch.num_heads * config.seq_len * (4 + b)
+    return arch.num_heads * 4
+
+
+def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Bytes saved for backward per token by one decoder layer (no checkpointing)."""
+    h = arch.hidden_size
+    qd = arch.num_heads * arch.head_dim
+    kvd = arch.num_kv_heads * arch.head_dim
+    full = config.method == "full"
+    moe = arch.is_moe
+    k = arch.experts_per_token if moe else 1
+    f = arch.moe_intermediate_size if moe else arch.intermediate_size
+
+    # RMSNorm upcasts its input to fp32 and keeps it; with a trainable norm weight it also
+    # keeps the normalised compute-dtype tensor. Two norms per layer.
+    norm = (4 * h if arch.rms_norm else b * h) + (b * h if full else 0)
+    total = 2 * norm
+    # q (post-RoPE), k (post-RoPE), v and the attention output, which sdpa/flash save.
+    total += b * (2 * qd + 2 * kvd)
+    total += _attention_scores_bytes(arch, config, b)
+    # Inputs of trainable linears: the norm outputs (shared by q/k/v and gate/up) and the
+    # inputs of o_proj and down_proj.
+    if full:
+        total += 2 * b * h + b * qd
+    # MLP: gate output (SiLU input), SiLU output, up output; down_proj's input when trainable.
+    mlp = (3 if arch.gated_mlp else 1) * b * f + (b * f if full else 0)
+    if moe:
+        mlp += b * h  # gathered tokens per expert
+        total += 4 * arch.num_experts  # router logits / softmax
+    total += k * mlp
+    if config.is_peft:
+        # PEFT runs adapters in fp32: each adapted module keeps an fp32 copy of its input.
+        for lin in lora_targets(arch, config):
+            share = k if lin.count > 1 else 1
+            total += share * (4 * lin.in_features + 4 * config.rank)
+            if config.dora:
+                total += share * 4 * lin.out_features
+    return total
+
+
+# How the loss was computed: "v5" is ftui's stack (transformers 5: every causal LM upcasts
+# logits inside the shared loss function); "legacy" is transformers 4.3x-4.45 llama-family
+# code (upcast in the model plus a shifted copy); "compute" ran the loss in the compute dtype
+# (older gpt_bigcode and bloom code).
+LOSS_PATHS = ("v5", "legacy", "compute")
+
+
+def logits_bytes_per_token(
+    arch: ModelArch, b: int, calibration: Calibration, loss_path: str = "v5"
+) -> float:
+    """Logits and loss bytes per token (see LOSS_PATHS)."""
+    if loss_path == "compute":
+        return arch.vocab_size * 2 * b  # b: the lm_head's dtype
+    per_logit = calibration.legacy_logit_bytes if loss_path == "legacy" else calibration.logit_bytes
+    return arch.vocab_size * max(per_logit, b + 8)
+
+
+@dataclass(frozen=True)
+class _States:
+    weights: float
+    trainable_weights: float
+    gradients: float
+    optimizer: float
+    optimizer_temp: float
+    host: float
+    gathered_params: float  # ZeRO-3/FSDP: full weights of the layers being computed
+    notes: tuple[str, ...]
+
+
+def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _States:
+    b = DTYPE_BYTES[config.dtype]
+    n = config.num_gpus
+    notes: list[str] = []
+    full = config.method == "full"
+    mixed = full and config.dtype != "fp32" and not config.pure_bf16
+    weight_bytes = 4 if (mixed or config.dtype == "fp32") else b
+
+    if config.method == "qlora":
+        kept = 4 if config.kbit_upcast else b  # non-quantised params
+        frozen = _nf4_bytes(params.linear, config.double_quant) + kept * (
+            params.embedding + params.lm_head + params.other
+        )
+    elif config.method == "lora":
+        frozen = b * (params.total - params.lora)
+    else:
+        frozen = 0.0
+    trainable_weight_bytes = 4 if config.is_peft else weight_bytes
+    trainable = params.trainable * trainable_weight_bytes
+    grads = params.trainable * trainable_weight_bytes
+    state_bytes = 4 if (config.is_peft or mixed or config.dtype == "fp32") else b
+    optim = params.trainable * optimizer_bytes_per_param(config.optim, state_bytes)
+    temp = params.trainable * optimizer_temp_bytes_per_param(config.optim, state_bytes)
+    if mixed:
+        # autocast keeps a compute-dtype copy of every weight it casts for the backward pass.
+        notes.append("mixed precision: fp32 master weights, bf16 copies cached by autocast")
+
+    sharding = config.sharding
+    deepspeed = sharding.startswith("zero")
+    if deepspeed and not config.is_peft and not mixed and config.dtype != "fp32":
+        # DeepSpeed's bf16/fp16 optimizer keeps an fp32 master copy beside Adam's states.
+        optim += params.trainable * 4
+        notes.append("DeepSpeed keeps fp32 master weights in the optimizer")
+    host = 0.0
+    gathered = 0.0
+    if n > 1 and sharding != "none":
+        if sharding in ("zero1", "zero2", "zero3", "fsdp"):
+            optim /= n
+            temp /= n
+        if sharding in ("zero2", "zero3", "fsdp"):
+            grads /= n
+        if sharding in ("zero3", "fsdp"):
+            frozen /= n
+            trainable /= n
+            # Two layers gathered at a time (current + prefetch), and the root unit
+            # (embeddings, lm_head) kept whole through forward and backward.
+            gathered = 2 * params.per_layer_linear * (0.5 if config.method == "qlora" else b)
+            gathered += (params.embedding + params.lm_head) * b * (n - 1) / n
+    elif sharding != "none":
+        notes.append(f"{sharding} on one GPU shards nothing")
+    if config.offload in ("optimizer", "params"):
+        host += optim + (grads if deepspeed else 0)
+        optim = 0.0
+        temp = 0.0
+    if config.offload == "params":
+        host += frozen + trainable
+        frozen = 0.0
+        trainable = 0.0
+    return _States(
+        weights=frozen,
+        trainable_weights=trainable,
+        gradients=grads,
+        optimizer=optim,
+        optimizer_temp=temp,
+        host=host,
+        gathered_params=gathered,
+        notes=tuple(notes),
+    )
+
+
+def estimate_memory(
+    arch: ModelArch,
+    config: TrainingConfig,
+    calibration: Calibration = DEFAULT_CALIBRATION,
+    *,
+    correction: float = 1.0,
+    loss_path: str = "v5",
+) -> MemoryEstimate:
+    """Peak memory per GPU for one configuration. `correction` multiplies the allocated peak
+    (a measured probe's ratio, stored per setup)."""
+    b = DTYPE_BYTES[config.dtype]
+    params = count_params(arch, config)
+    states = _states(arch, config, params)
+    notes = list(states.notes)
+    tokens = config.tokens_per_micro_batch
+    h = arch.hidden_size
+    n_layers = arch.num_layers
+
+    per_layer = layer_activation_bytes(arch, config, b) * calibration.activation_scale
+    mixed = config.method == "full" and config.dtype != "fp32" and not config.pure_bf16
+    upcast = config.method == "qlora" and config.kbit_upcast
+    residual = 4 if upcast else b  # the residual stream follows the embeddings' dtype
+    logits = logits_bytes_per_token(arch, 4 if upcast else b, calibration, loss_path) * tokens
+    cast_weights = params.per_layer_linear * b if mixed else 0.0  # autocast's weight copies
+    if config.grad_ckpt:
+        # Checkpoints keep each layer's input. The loss is computed with only those alive;
+        # later, backward recomputes one layer at a time and holds its activations plus the
+        # gradient flowing through it (the logits are gone by then).
+        saved = n_layers * residual * h * tokens
+        at_loss = saved + logits
+        working = per_layer * tokens + 4 * residual * h * tokens + cast_weights
+        at_recompute = saved + working
+    else:
+        saved = n_layers * (per_layer * tokens + cast_weights) + 2 * residual * h * tokens
+        at_loss = saved + logits
+        at_recompute = 0.0
+
+    # Gradients of embeddings/lm_head land early in backward; the rest grow as activations
+    # are freed. With accumulation, the previous micro-batches' gradients are resident.
+    resident_grads = states.gradients if config.grad_accum > 1 else 0.0
+    early_grads = 0.0
+    if config.method == "full":
+        head = params.lm_head or params.embedding
+        early_grads = head * (states.gradients / max(params.trainable, 1))
+    fb_grads = max(resident_grads, early_grads)
+    # DDP keeps gradient buckets as a second copy of the gradients.
+    ddp_buckets = states.gradients if config.num_gpus > 1 and config.sharding == "none" else 0.0
+    base = (
+        states.weights
+        + states.trainable_weights
+        + states.optimizer
+        + states.gathered_params
+        + fb_grads
+        + ddp_buckets
+    )
+    optimizer_step = (
+        states.weights
+        + states.trainable_weights
+        + states.gradients
+        + ddp_buckets
+        + states.optimizer
+        + states.optimizer_temp
+    )
+    phase_bytes = {
+        "forward_backward": base + at_loss,
+        "recompute": base + at_recompute if config.grad_ckpt else 0.0,
+        "optimizer_step": optimizer_step,
+    }
+    peak_phase = max(phase_bytes, key=lambda k: phase_bytes[k])
+    allocated = phase_bytes[peak_phase] * correction
+
+    common = {
+        "weights": states.weights
+        + (states.gathered_params if peak_phase != "optimizer_step" else 0),
+        "trainable_weights": states.trainable_weights,
+        "optimizer_states": states.optimizer,
+    }
+    if peak_phase == "forward_backward":
+        breakdown = {
+            **common,
+            "gradients": fb_grads + ddp_buckets,
+            "activations": saved,
+            "logits_and_loss": logits,
+            "temporaries": 0.0,
+        }
+    elif peak_phase == "recompute":
+        breakdown = {
+            **common,
+            "gradients": fb_grads + ddp_buckets,
+            "activations": at_recompute,
+            "logits_and_loss": 0.0,
+            "temporaries": 0.0,
+        }
+    else:
+        breakdown = {
+            **common,
+            "gradients": states.gradients + ddp_buckets,
+            "activations": 0.0,
+            "logits_and_loss": 0.0,
+            "temporaries": states.optimizer_temp,
+        }
+    if correction != 1.0:
+        breakdown["temporaries"] += allocated - phase_bytes[peak_phase]
+        notes.append(f"probe correction x{correction:.3f} applied")
+
+    largest_block = max(logits / 2, tokens * b * arch.intermediate_size, 2 * 1024**2)
+    reserved = allocated * (1 + calibration.reserved_frag) + largest_block * 0.5
+    overhead = calibration.cuda_context_bytes + (
+        calibration.comm_bytes if config.num_gpus > 1 else 0
+    )
+    breakdown["overhead"] = reserved - allocated + overhead
+    device = reserved + overhead
+    if config.optim.startswith("paged_"):
+        notes.append("paged optimizer states live in unified memory and can spill to CPU RAM")
+    return MemoryEstimate(
+        allocated_bytes=int(allocated),
+        reserved_bytes=int(reserved),
+        device_bytes=int(device),
+        breakdown={k: int(v) for k, v in breakdown.items()},
+        peak_phase=peak_phase,
+        phase_bytes={k: int(v) for k, v in phase_bytes.items()},
+        host_bytes=int(states.host),
+        params=params,
+        notes=tuple(notes),
+    )
+
+
+def training_flops_per_token(arch: ModelArch, config: TrainingConfig) -> float:
+    """FLOPs per trained token: 6·N_active for a full fine-tune (2 forward + 4 backward);
+    frozen weights skip the weight-gradient matmuls (4·N); recompute adds a forward (2·N);
+    plus attention's sequence-dependent term."""
+    params = count_params(arch, config)
+    active = params.total - params.lora - params.embedding
+    if arch.is_moe:
+        experts = arch.num_experts
+        expert_share = 3 * arch.hidden_size * arch.moe_intermediate_size * experts
+        active -= arch.num_layers * expert_share * (1 - arch.experts_per_token / experts)
+    attn = 2 * arch.num_layers * config.seq_len * arch.num_heads * arch.head_dim  # causal: half
+    if config.method == "full":
+        flops = 6 * active + 6 * attn
+    else:
+        flops = 4 * active + 6 * attn + 6 * params.lora
+    if config.grad_ckpt:
+        flops += 2 * active + 2 * attn
+    return float(flops)
+
+
+__all__ = [
+    "DEFAULT_CALIBRATION",
+    "GIB",
+    "Calibration",
+    "MemoryEstimate",
+    "ParamCounts",
+    "count_params",
+    "estimate_memory",
+    "layer_activation_bytes",
+    "training_flops_per_token",
+]
