@@ -193,7 +193,8 @@ def count_params(arch: ModelArch, config: TrainingConfig | None = None) -> Param
 
 
 def _nf4_bytes(n: int, double_quant: bool) -> float:
-    """bitsandbytes NF4: 4 bits per weight + absmax per 64 (fp32, or uint8 + fp32 per 256 blocks)."""
+    """bitsandbytes NF4: 4 bits per weight + an absmax per 64 weights (fp32; or, with double
+    quantisation, uint8 plus an fp32 per 256 blocks)."""
     blocks = n / 64
     absmax = blocks * 1 + blocks / 256 * 4 if double_quant else blocks * 4
     return n / 2 + absmax
@@ -244,7 +245,7 @@ def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> f
     # RMSNorm upcasts its input to fp32 and keeps it; with a trainable norm weight it also
     # keeps the normalised compute-dtype tensor. Two norms per layer.
     norm = (4 * h if arch.rms_norm else b * h) + (b * h if full else 0)
-    total = 2 * norm
+    total: float = 2 * norm
     # q (post-RoPE), k (post-RoPE), v and the attention output, which sdpa/flash save.
     total += b * (2 * qd + 2 * kvd)
     total += _attention_scores_bytes(arch, config, b)
@@ -315,8 +316,8 @@ def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _St
     else:
         frozen = 0.0
     trainable_weight_bytes = 4 if config.is_peft else weight_bytes
-    trainable = params.trainable * trainable_weight_bytes
-    grads = params.trainable * trainable_weight_bytes
+    trainable: float = params.trainable * trainable_weight_bytes
+    grads: float = params.trainable * trainable_weight_bytes
     state_bytes = 4 if (config.is_peft or mixed or config.dtype == "fp32") else b
     optim = params.trainable * optimizer_bytes_per_param(config.optim, state_bytes)
     temp = params.trainable * optimizer_temp_bytes_per_param(config.optim, state_bytes)
@@ -395,7 +396,7 @@ def estimate_memory(
         # Checkpoints keep each layer's input. The loss is computed with only those alive;
         # later, backward recomputes one layer at a time and holds its activations plus the
         # gradient flowing through it (the logits are gone by then).
-        saved = n_layers * residual * h * tokens
+        saved: float = n_layers * residual * h * tokens
         at_loss = saved + logits
         working = per_layer * tokens + 4 * residual * h * tokens + cast_weights
         at_recompute = saved + working
@@ -499,7 +500,7 @@ def training_flops_per_token(arch: ModelArch, config: TrainingConfig) -> float:
     frozen weights skip the weight-gradient matmuls (4·N); recompute adds a forward (2·N);
     plus attention's sequence-dependent term."""
     params = count_params(arch, config)
-    active = params.total - params.lora - params.embedding
+    active: float = params.total - params.lora - params.embedding
     if arch.is_moe:
         experts = arch.num_experts
         expert_share = 3 * arch.hidden_size * arch.moe_intermediate_size * experts

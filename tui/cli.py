@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print a JSON list")
     models.set_defaults(handler=cmd_models)
 
+    from tui.plan_cmd import add_plan_parser
+
+    add_plan_parser(sub)
+
     gpu_profiles = sub.add_parser("gpu-profiles", help="list the built-in GPU profiles")
     gpu_profiles.add_argument("--json", action="store_true", help="print a JSON list")
     gpu_profiles.set_defaults(handler=cmd_gpu_profiles)
