@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class ModelArch:
     path: str | None = None  # directory holding config.json (dir / hf-cache)
     profile_id: str | None = None
 
-    @property
+    @cached_property
     def text_config(self) -> dict[str, Any]:
         text = self.config.get("text_config")
         return text if isinstance(text, dict) and "hidden_size" in text else self.config
@@ -49,77 +50,77 @@ class ModelArch:
                 return cfg[key]
         return default
 
-    @property
+    @cached_property
     def model_type(self) -> str:
         return str(self._get("model_type", default=self.config.get("model_type", "unknown")))
 
-    @property
+    @cached_property
     def hidden_size(self) -> int:
         return int(self._get("hidden_size", "n_embd", "d_model"))
 
-    @property
+    @cached_property
     def num_layers(self) -> int:
         return int(self._get("num_hidden_layers", "n_layer", "num_layers"))
 
-    @property
+    @cached_property
     def num_heads(self) -> int:
         return int(self._get("num_attention_heads", "n_head"))
 
-    @property
+    @cached_property
     def num_kv_heads(self) -> int:
         return int(self._get("num_key_value_heads", default=self.num_heads))
 
-    @property
+    @cached_property
     def head_dim(self) -> int:
         return int(self._get("head_dim", default=self.hidden_size // self.num_heads))
 
-    @property
+    @cached_property
     def intermediate_size(self) -> int:
         return int(self._get("intermediate_size", "n_inner", default=4 * self.hidden_size))
 
-    @property
+    @cached_property
     def vocab_size(self) -> int:
         return int(self._get("vocab_size"))
 
-    @property
+    @cached_property
     def tied_embeddings(self) -> bool:
         # transformers' default is True when the key is absent.
         tied = self.config.get("tie_word_embeddings", self.text_config.get("tie_word_embeddings"))
         return True if tied is None else bool(tied)
 
-    @property
+    @cached_property
     def max_positions(self) -> int | None:
         value = self._get("max_position_embeddings", "n_positions")
         return int(value) if value is not None else None
 
-    @property
+    @cached_property
     def rope_scaling(self) -> dict[str, Any] | None:
         value = self._get("rope_scaling")
         return value if isinstance(value, dict) else None
 
-    @property
+    @cached_property
     def num_experts(self) -> int:
         return int(self._get(*_EXPERT_COUNT_KEYS, default=0) or 0)
 
-    @property
+    @cached_property
     def experts_per_token(self) -> int:
         return int(self._get(*_EXPERTS_PER_TOKEN_KEYS, default=0) or 0)
 
-    @property
+    @cached_property
     def moe_intermediate_size(self) -> int:
         return int(self._get("moe_intermediate_size", default=self.intermediate_size))
 
-    @property
+    @cached_property
     def gated_mlp(self) -> bool:
         """SwiGLU/GeGLU (gate, up, down) rather than a plain two-layer MLP."""
         return self.model_type not in _PLAIN_MLP_TYPES
 
-    @property
+    @cached_property
     def rms_norm(self) -> bool:
         """RMSNorm (upcasts to fp32 inside) rather than LayerNorm."""
         return self.model_type not in _PLAIN_MLP_TYPES
 
-    @property
+    @cached_property
     def is_moe(self) -> bool:
         return self.num_experts > 0
 
