@@ -147,3 +147,23 @@ def test_rope_scaling_allows_longer_context(cli_env: dict[str, str]) -> None:
     data = plan_json(["--model", "qwen2.5-0.5b", "--seq-len", "65536", "--rope-scaling", "2",
                       "--method", "qlora", "--simulate", "h100"], cli_env)  # fmt: skip
     assert data["config"]["seq_len"] == 65536
+
+
+@pytest.mark.slow
+def test_dry_run_is_reported_beside_the_analytic_number(cli_env: dict[str, str]) -> None:
+    pytest.importorskip("torch")
+    data = plan_json(
+        ["--model", "qwen2.5-0.5b", "--method", "lora", "--batch", "2", "--grad-ckpt",
+         "--seq-len", "512", "--simulate", "l4", "--dry-run"],
+        cli_env,
+    )  # fmt: skip
+    dry = data["dry_run"]
+    assert dry["peak_allocated_gib"] > 0.5
+    assert abs(dry["difference"]) < 0.10
+    assert dry["analytic_allocated_gib"] == data["memory"]["allocated_gib"]
+    out = plan(
+        ["--model", "qwen2.5-0.5b", "--method", "lora", "--batch", "2", "--grad-ckpt",
+         "--seq-len", "512", "--simulate", "l4", "--dry-run"],
+        cli_env,
+    )  # fmt: skip
+    assert "dry run:" in out.stdout and "analytic" in out.stdout
