@@ -62,11 +62,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     setups = QUICK if parser.parse_args().quick else QUICK + SLOW
-    print("| model | setup | analytic GiB | dry run GiB | difference | peak (analytic / dry) | dry-run time |")
-    print("|---|---|---|---|---|---|---|")
+    header = ("model", "setup", "analytic GiB", "dry run GiB", "difference",
+              "peak (analytic / dry)", "dry-run time")  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|---" * len(header) + "|")
     for model, config in setups:
         a, d, pa, pd, s = compare(model, config)
-        print(f"| {model} | {describe(config)} | {a:.2f} | {d:.2f} | {(a - d) / d:+.1%} | {pa} / {pd} | {s:.1f} s |")
+        cells = (model, describe(config), f"{a:.2f}", f"{d:.2f}", f"{(a - d) / d:+.1%}",
+                 f"{pa} / {pd}", f"{s:.1f} s")  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
