@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_parser(sub)
 
+    from tui.data_cmd import add_data_parser
+    from tui.run_cmds import add_run_parsers
+
+    add_data_parser(sub)
+
+    add_run_parsers(sub)
+
     gpu_profiles = sub.add_parser("gpu-profiles", help="list the built-in GPU profiles")
     gpu_profiles.add_argument("--json", action="store_true", help="print a JSON list")
     gpu_profiles.set_defaults(handler=cmd_gpu_profiles)

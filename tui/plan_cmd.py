@@ -19,14 +19,8 @@ from engine.training_config import (
 )
 
 
-def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "plan",
-        help="recommend (or estimate) a fine-tuning setup: memory per GPU, speed, ETA, cost",
-        description="Recommends the fastest setup that fits when knobs are left open; "
-        "estimates one setup when method, batch and --grad-ckpt/--no-grad-ckpt are pinned.",
-    )
-    p.add_argument("--model", required=True, help="profile name, local dir or HF-cache model")
+def add_knob_arguments(p: argparse.ArgumentParser) -> None:
+    """The planner's knobs, shared by `plan` and `launch`."""
     p.add_argument("--method", choices=(*METHODS, "auto"), default="auto")
     p.add_argument("--gpu", default="auto", help="GPU profile to plan for (default: detected)")
     p.add_argument("--num-gpus", type=int, help="GPUs to use (default: all of the machine's)")
@@ -48,13 +42,24 @@ def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--sharding", choices=SHARDINGS)
     p.add_argument("--offload", choices=OFFLOADS)
     p.add_argument("--packing", action="store_true", default=None)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--headroom", type=float, default=0.90, help="usable share of GPU memory")
+
+
+def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "plan",
+        help="recommend (or estimate) a fine-tuning setup: memory per GPU, speed, ETA, cost",
+        description="Recommends the fastest setup that fits when knobs are left open; "
+        "estimates one setup when method, batch and --grad-ckpt/--no-grad-ckpt are pinned.",
+    )
+    p.add_argument("--model", required=True, help="profile name, local dir or HF-cache model")
+    add_knob_arguments(p)
     p.add_argument("--rope-scaling", type=float, metavar="FACTOR", help="allow seq-len beyond the "
                    "model's max positions by this RoPE scaling factor")  # fmt: skip
     p.add_argument("--dataset", type=Path, help="JSON/JSONL file: lengths drive seq-len and ETA")
-    p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--effective-batch", type=int, help="sequences per optimizer step (default 16)")
     p.add_argument("--train-tokens", type=int, help="tokens per epoch without --dataset (10M)")
-    p.add_argument("--headroom", type=float, default=0.90, help="usable share of GPU memory")
     p.add_argument("--dry-run", action="store_true", help="also run the fake-tensor dry run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_plan)
@@ -67,7 +72,7 @@ _KNOB_FLAGS = (
 )  # fmt: skip
 
 
-def _pinned(args: argparse.Namespace) -> dict[str, Any]:
+def pinned_knobs(args: argparse.Namespace) -> dict[str, Any]:
     pinned: dict[str, Any] = {}
     for name in _KNOB_FLAGS:
         value = getattr(args, name, None)
@@ -108,7 +113,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.epochs <= 0:
         raise FtuiError("--epochs must be positive", "e.g. --epochs 3")
     arch = resolve_model(args.model)
-    pinned = _pinned(args)
+    pinned = pinned_knobs(args)
     machine = resolve_machine(
         gpu=args.gpu, num_gpus=args.num_gpus, simulate=getattr(args, "simulate", None)
     )

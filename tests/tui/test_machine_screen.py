@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual.widgets import Input, Static
 
 from engine.fakenvml import FakeDevice, FakeNvml, parse_simulate_spec
@@ -25,9 +27,8 @@ def no_gpu() -> NvmlBackend:
 async def wait_for_polls(app: FtuiApp, pilot: object, count: int = 1) -> MachineScreen:
     screen = app.screen
     assert isinstance(screen, MachineScreen)
-    for _ in range(200):
-        if screen.polls >= count:
-            break
+    deadline = time.monotonic() + 30  # generous: CI machines are sometimes busy
+    while screen.polls < count and time.monotonic() < deadline:
         await pilot.pause(0.02)  # type: ignore[attr-defined]
     assert screen.polls >= count
     await pilot.pause()  # type: ignore[attr-defined]
