@@ -40,6 +40,10 @@ def callback_class() -> type:
             self._last_step = 0
             self._samples_per_step = 1
             self.stop_requested = False
+            self.probe_enabled = False
+            self.method = "lora"
+            self.attn = "sdpa"
+            self.probe_at: int | None = None  # global step at which the probe measures
 
         # -- helpers -------------------------------------------------------------------------------
         def _sync_flags(self, stop: bool, save: bool) -> tuple[bool, bool]:
@@ -79,6 +83,10 @@ def callback_class() -> type:
             self._last_step = state.global_step
             self._last_log_t = time.time()
             self._last_tokens = float(getattr(state, "num_input_tokens_seen", 0) or 0)
+            if self.probe_enabled and self.is_node_main and _cuda():
+                from engine.probe import PROBE_STEPS
+
+                self.probe_at = state.global_step + PROBE_STEPS
             if not self.is_node_main:
                 return
             if state.global_step > 0 and self.is_main:
@@ -96,6 +104,9 @@ def callback_class() -> type:
             self.run.event("train_begin", step=state.global_step, max_steps=state.max_steps)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if self.probe_at is not None and state.global_step >= self.probe_at:
+                self.probe_at = None
+                self._probe(kwargs.get("model"))
             stop = save = False
             if self.is_main:
                 stop = (self.run.control / STOP).exists()
@@ -161,6 +172,29 @@ def callback_class() -> type:
             append_jsonl(self.run.metrics, record)
             return control
 
+        def _probe(self, model: Any) -> None:
+            """Measured peak vs the plan; remember the ratio for this setup."""
+            import torch
+
+            from engine.corrections import CorrectionKey, store_correction
+            from engine.probe import probe_result
+
+            measured = int(torch.cuda.max_memory_allocated())
+            total = int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+            plan = dict(self.run.read_state().get("plan_summary") or {})
+            result = probe_result(measured, total, plan)
+            if "predicted_allocated_bytes" in result and plan.get("gpu"):
+                config = getattr(getattr(model, "config", None), "model_type", None) or "unknown"
+                key = CorrectionKey(config, self.method, str(plan["gpu"]), self.attn)
+                try:
+                    result["stored_ratio"] = store_correction(
+                        key, result["predicted_allocated_bytes"], measured
+                    )
+                except ValueError as exc:
+                    result["not_stored"] = str(exc)
+            self.run.event("probe", **result)
+            self.run.update_state(probe=result)
+
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.is_node_main:
                 path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -176,8 +210,24 @@ def callback_class() -> type:
     return FtuiCallback
 
 
-def make_callback(run: RunDir, *, rank: int = 0, world_size: int = 1) -> Any:
-    return callback_class()(run, rank=rank, world_size=world_size)
+def make_callback(
+    run: RunDir,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    probe: bool = False,
+    method: str = "lora",
+    attn: str = "sdpa",
+) -> Any:
+    cb = callback_class()(run, rank=rank, world_size=world_size)
+    cb.probe_enabled, cb.method, cb.attn = probe, method, attn
+    return cb
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _torch_memory() -> dict[str, int] | None:

@@ -62,6 +62,7 @@ class RunSpec:
     eval_fraction: float = 0.0
     skip_invalid: bool = False
     device: str = "auto"
+    probe: bool = True  # on a GPU: check the plan in the first steps (see engine/probe.py)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     hyper: Hyper = field(default_factory=Hyper)
     distributed: Distributed = field(default_factory=Distributed)

@@ -187,9 +187,39 @@ class Supervisor:
         # Orphaned workers (a launcher killed under them) must not outlive the run.
         _kill(sorted(p for p in self.known_pids if p != self.proc.pid), signal.SIGKILL)
         outcome = classify(run, returncode, stop_now=self.stop_now)
+        if self._shrink_and_retry(outcome):
+            return self.run_to_end()
         run.update_state(exit_code=returncode, finished_at=time.time(), **outcome)
         run.event("exited", returncode=returncode, status=outcome["status"])
         return 0
+
+    def _shrink_and_retry(self, outcome: dict[str, Any]) -> bool:
+        """An OOM before the first checkpoint: halve the micro-batch and start again."""
+        from engine.probe import MAX_SHRINKS, shrunk_spec
+        from engine.runspec import RunSpec
+
+        run = self.run
+        if outcome.get("failure") != "oom" or run.last_checkpoint() is not None:
+            return False
+        spec = RunSpec.from_yaml(run.spec.read_text(encoding="utf-8"))
+        shrinks = int(run.read_state().get("probe_shrinks", 0))
+        smaller = shrunk_spec(spec)
+        if not spec.probe or smaller is None or shrinks >= MAX_SHRINKS:
+            return False
+        run.spec.write_text(smaller.to_yaml(), encoding="utf-8")
+        t = smaller.training
+        run.event("probe_shrink", batch=t.batch, grad_accum=t.grad_accum)
+        run.update_state(
+            status="starting",
+            failure=None,
+            probe_shrinks=shrinks + 1,
+            note=f"out of memory at micro-batch {spec.training.batch}: retrying with {t.batch} "
+            f"x {t.grad_accum} accumulation (same effective batch)",
+        )
+        self.known_pids = set()
+        self.stop_now = False
+        self._done = threading.Event()
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

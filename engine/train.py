@@ -183,7 +183,15 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
     else:
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     args = training_arguments(spec, run, device, eval_ds is not None)
-    callback = make_callback(run, rank=rank, world_size=world)
+    callback = make_callback(
+        run,
+        rank=rank,
+        world_size=world,
+        probe=spec.probe and device == "cuda",
+        method=spec.training.method,
+        attn=spec.training.attn,
+    )
+    _inject_faults(spec)
     trainer = Trainer(
         model=model,
         args=args,
@@ -218,6 +226,18 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
         run.update_state(status="completed", finished_at=time.time(), exit_code=0)
         run.event("finished", step=trainer.state.global_step)
     return 0
+
+
+def _inject_faults(spec: RunSpec) -> None:
+    """Fault injection for tests (no GPU needed): FTUI_FAULT_OOM_ABOVE_BATCH=N makes a run
+    with a micro-batch above N fail as a CUDA out-of-memory error would."""
+    limit = os.environ.get("FTUI_FAULT_OOM_ABOVE_BATCH")
+    if limit and spec.training.batch > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory (injected: micro-batch {spec.training.batch} > {limit})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

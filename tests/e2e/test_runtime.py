@@ -159,3 +159,22 @@ def test_a_run_outlives_its_terminal_and_survives_sigkill_then_resumes(
     assert min(s for s in steps if s > resumed_from) == resumed_from + 1
     listed = {r["run_id"]: r for r in json.loads(ftui(["runs", "--json"], env).stdout)}
     assert listed[run.run_id]["status"] == "completed"
+
+
+def test_an_early_oom_halves_the_micro_batch_and_keeps_the_effective_batch(
+    assets: tuple[Path, Path], env: dict[str, str]
+) -> None:
+    model, data = assets
+    faulty = {**env, "FTUI_FAULT_OOM_ABOVE_BATCH": "2"}  # batches above 2 "run out of memory"
+    run = launch(faulty, model, data, "--max-steps", "6", "--batch", "8", "--grad-accum", "1",
+                 "--lr", "5e-3", "--seq-len", "128")  # fmt: skip
+    state = wait_final(run, env)
+    assert state["status"] == "completed", run.stdout.read_text()[-3000:]
+    assert state["probe_shrinks"] == 2
+    from engine.runspec import RunSpec
+
+    spec = RunSpec.from_yaml(run.spec.read_text())
+    assert (spec.training.batch, spec.training.grad_accum) == (2, 4)  # 8 x 1 == 2 x 4
+    shrinks = [e for e in map(json.loads, run.events.read_text().splitlines())
+               if e["event"] == "probe_shrink"]  # fmt: skip
+    assert [e["batch"] for e in shrinks] == [4, 2]
