@@ -199,6 +199,31 @@ def save_now(run: RunDir) -> None:
     run.event("save_requested_by_user")
 
 
+def run_size_bytes(path: Path) -> int:
+    """Bytes on disk of a run directory (what deleting it frees)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def delete_run(run: RunDir) -> None:
+    """Remove a finished run's folder; refuses a run that is still going."""
+    import shutil
+
+    status = reconcile(run).get("status", "starting")
+    if status not in FINAL:
+        raise FtuiError(
+            f"run {run.run_id} is {status}: it cannot be deleted while it runs",
+            "stop it first, then delete it",
+        )
+    shutil.rmtree(run.path)
+
+
 def resume(run: RunDir) -> str:
     """Continue a stopped or failed run from its last complete checkpoint, in place."""
     state = reconcile(run)

@@ -16,12 +16,12 @@ from engine.planner import Candidate, Plan
 
 __all__ = ["plan_to_dict", "print_plan"]
 
-_PHASE_LABEL = {
+PHASE_LABEL = {
     "forward_backward": "loss (end of forward, start of backward)",
     "recompute": "backward recompute of a layer",
     "optimizer_step": "optimizer step",
 }
-_PART_STYLE = {
+PART_STYLE = {
     "weights": "blue",
     "trainable_weights": "cyan",
     "gradients": "magenta",
@@ -33,7 +33,7 @@ _PART_STYLE = {
 }
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds == float("inf"):
         return "∞"
     hours, rest = divmod(int(seconds), 3600)
@@ -49,14 +49,14 @@ def breakdown_bar(c: Candidate, capacity: float, width: int = 60) -> Text:
     for part, value in c.memory.breakdown.items():
         cells = round(value / total * width)
         if cells and value > 0:
-            bar.append("█" * cells, style=_PART_STYLE.get(part, "white"))
+            bar.append("█" * cells, style=PART_STYLE.get(part, "white"))
             used += cells
     if used < width:
         bar.append("░" * (width - used), style="dim")
     return bar
 
 
-def _setup_line(c: Candidate) -> str:
+def setup_line(c: Candidate) -> str:
     cfg = c.config
     parts = [cfg.method]
     if cfg.is_peft:
@@ -103,30 +103,30 @@ def print_plan(
         f"{plan.evaluated} setups evaluated"
     )
     if plan.best is None or not plan.best.fits:
-        console.print("[red b]Nothing fits.[/] Closest setup: " + _setup_line(chosen))
+        console.print("[red b]Nothing fits.[/] Closest setup: " + setup_line(chosen))
     else:
         title = "Recommended" if plan.recommending else "Estimate"
-        console.print(f"[green b]{title}:[/] " + _setup_line(chosen))
+        console.print(f"[green b]{title}:[/] " + setup_line(chosen))
     mem = chosen.memory
     limit = plan.request.headroom * capacity
     console.print(
         f"peak per GPU: [b]{mem.device_gib:.1f} GiB[/b] on the device (nvidia-smi), "
         f"{mem.reserved_gib:.1f} reserved, {mem.allocated_gib:.1f} allocated · peak at the "
-        f"{_PHASE_LABEL[mem.peak_phase]} · limit {limit / GIB:.1f} GiB "
+        f"{PHASE_LABEL[mem.peak_phase]} · limit {limit / GIB:.1f} GiB "
         f"({plan.request.headroom:.0%})"
     )
     console.print(breakdown_bar(chosen, capacity))
     legend = Text()
     for part, value in mem.breakdown.items():
         if value > 0:
-            legend.append("■ ", style=_PART_STYLE.get(part, "white"))
+            legend.append("■ ", style=PART_STYLE.get(part, "white"))
             legend.append(f"{part.replace('_', ' ')} {value / GIB:.1f}  ")
     console.print(legend)
     if mem.host_bytes:
         console.print(f"host RAM for offloaded states: {mem.host_bytes / GIB:.1f} GiB")
     tokens = plan.request.train_tokens * plan.request.epochs
     console.print(
-        f"speed ~{chosen.tokens_per_s:,.0f} tokens/s · ETA {_duration(chosen.eta_s)} for "
+        f"speed ~{chosen.tokens_per_s:,.0f} tokens/s · ETA {duration(chosen.eta_s)} for "
         f"{tokens / 1e6:,.1f}M tokens · cost ~${chosen.cost_usd:,.2f} "
         f"at ${machine.gpu.price_usd_per_hour:.2f}/GPU-hour"
         + ("" if stats else " [dim](pass --dataset for your data)[/dim]")
@@ -151,10 +151,10 @@ def print_plan(
             table.add_column(column, no_wrap=column != "setup")
         for c in others:
             table.add_row(
-                _setup_line(c),
+                setup_line(c),
                 f"{c.memory.device_gib:.1f}" + ("" if c.fits else " ✗"),
                 f"{c.tokens_per_s:,.0f}",
-                _duration(c.eta_s),
+                duration(c.eta_s),
                 f"${c.cost_usd:,.2f}",
             )
         console.print(table)
