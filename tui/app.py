@@ -1,6 +1,13 @@
-"""The Textual app. It wires screens, bindings and theme; screens do the work."""
+"""The Textual app. It wires screens (modes), bindings and stylesheets; screens do the work.
+
+Modes: `_default` is the machine view, `plan` the plan wizard, `runs` the runs list. A run's
+dashboard and chat are pushed on top of whichever mode opened them.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
@@ -9,16 +16,98 @@ from textual.screen import Screen
 from engine.hardware import NvmlBackend
 from tui.screens.machine import MachineScreen
 
+_STYLES = ("ftui.tcss", "dashboard.tcss", "runs.tcss", "plan.tcss", "chat.tcss")
+_HERE = Path(__file__).parent
+
 
 class FtuiApp(App[None]):
-    CSS_PATH = "ftui.tcss"
+    CSS_PATH = [name for name in _STYLES if (_HERE / name).exists()]
     TITLE = "ftui"
-    BINDINGS = [Binding("q", "quit", "Quit")]
+    BINDINGS = [
+        Binding("m", "show_mode('_default')", "Machine"),
+        Binding("p", "show_mode('plan')", "Plan"),
+        Binding("r", "show_mode('runs')", "Runs"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
 
-    def __init__(self, backend: NvmlBackend, refresh_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        backend: NvmlBackend,
+        refresh_seconds: float = 1.0,
+        *,
+        simulate: str | None = None,
+        attach: str | None = None,
+        chat: str | None = None,
+    ) -> None:
         super().__init__()
         self.backend = backend
         self.refresh_seconds = refresh_seconds
+        self.simulate = simulate
+        self._attach = attach
+        self._chat = chat
+        self.add_mode("plan", self._plan_screen)
+        self.add_mode("runs", self._runs_screen)
 
+    # -- screens ---------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen[None]:
         return MachineScreen(self.backend, self.refresh_seconds)
+
+    def _plan_screen(self) -> Screen[Any]:
+        from tui.screens.plan_wizard import PlanWizardScreen
+
+        return PlanWizardScreen(self.backend, simulate=self.simulate)
+
+    def _runs_screen(self) -> Screen[Any]:
+        from tui.screens.runs import RunsScreen
+
+        return RunsScreen()
+
+    def on_mount(self) -> None:
+        if self._attach:
+            self.open_dashboard(self._attach)
+        elif self._chat:
+            self.open_chat(self._chat)
+
+    def open_dashboard(self, run_ref: str) -> None:
+        from engine.errors import FtuiError
+        from engine.rundir import find_run
+        from tui.screens.dashboard import DashboardScreen
+
+        try:
+            run = find_run(run_ref)
+        except FtuiError as error:
+            self.notify(error.message, severity="error")
+            return
+        self.push_screen(DashboardScreen(run, backend=self.backend))
+
+    def open_chat(self, run_ref: str) -> None:
+        from engine.errors import FtuiError
+        from engine.rundir import find_run
+        from tui.screens.chat import ChatScreen
+
+        try:
+            run = find_run(run_ref)
+        except FtuiError as error:
+            self.notify(error.message, severity="error")
+            return
+        self.push_screen(ChatScreen(run))
+
+    # -- messages from screens ---------------------------------------------------------------------
+    def on_open_dashboard(self, message: Any) -> None:
+        self.open_dashboard(message.run_id)
+
+    def on_open_chat(self, message: Any) -> None:
+        self.open_chat(message.run_id)
+
+    # -- actions ---------------------------------------------------------------------------------
+    async def action_show_mode(self, mode: str) -> None:
+        if mode != self.current_mode:
+            await self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.screen))

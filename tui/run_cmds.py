@@ -360,6 +360,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = demo_spec(max_steps=args.steps)
     run = launch(spec)
     sys.stdout.write(f"launched {run.run_id} on CPU; training…\n")
+    if not args.headless:
+        from engine.hardware import make_backend
+        from tui.app import FtuiApp
+
+        FtuiApp(backend=make_backend(None), attach=run.run_id).run()
+        return 0
     tail = JsonlTail(run.metrics)
     first_loss = last_loss = None
     while True:

@@ -53,6 +53,9 @@ async def test_the_view_refreshes_and_follows_changes() -> None:
         fake.devices[0].memory_used_bytes = 75 * 1024**3  # a training run fills the card
         screen = await wait_for_polls(app, pilot, count=3)
         panel = screen.query_one(GpuPanel)
+        deadline = time.monotonic() + 30
+        while panel.gpu.memory_used_bytes != 75 * 1024**3 and time.monotonic() < deadline:
+            await pilot.pause(0.05)
         assert panel.gpu.memory_used_bytes == 75 * 1024**3
         assert panel.has_class("-full")
 

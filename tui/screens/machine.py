@@ -21,7 +21,7 @@ REFRESH_SECONDS = 1.0
 class MachineScreen(Screen[None]):
     BINDINGS = [
         Binding("s", "simulate", "Simulate GPUs"),
-        Binding("r", "refresh", "Refresh"),
+        Binding("f5", "refresh", "Refresh"),
     ]
 
     def __init__(self, backend: NvmlBackend, refresh_seconds: float = REFRESH_SECONDS) -> None:
