@@ -1,6 +1,6 @@
 """The Textual app. It wires screens (modes), bindings and stylesheets; screens do the work.
 
-Modes: `_default` is the machine view, `plan` the plan wizard, `runs` the runs list. A run's
+Modes: `machine` (the default), `plan` the plan wizard, `runs` the runs list. A run's
 dashboard and chat are pushed on top of whichever mode opened them.
 """
 
@@ -21,10 +21,11 @@ _HERE = Path(__file__).parent
 
 
 class FtuiApp(App[None]):
+    DEFAULT_MODE = "machine"
     CSS_PATH = [name for name in _STYLES if (_HERE / name).exists()]
     TITLE = "ftui"
     BINDINGS = [
-        Binding("m", "show_mode('_default')", "Machine"),
+        Binding("m", "show_mode('machine')", "Machine"),
         Binding("p", "show_mode('plan')", "Plan"),
         Binding("r", "show_mode('runs')", "Runs"),
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -46,6 +47,8 @@ class FtuiApp(App[None]):
         self.simulate = simulate
         self._attach = attach
         self._chat = chat
+        # The machine view is the default mode; registering it lets `m` switch back to it.
+        self.add_mode("machine", self.get_default_screen)
         self.add_mode("plan", self._plan_screen)
         self.add_mode("runs", self._runs_screen)
 

@@ -91,3 +91,27 @@ def test_no_gpu_offers_to_simulate(tmux: Tmux) -> None:
     tmux.keys("4", "0", "9", "0", "x", "2", "Enter")
     screen = tmux.wait_for("GPU 1 · NVIDIA GeForce RTX 4090")
     assert "GPU 0" in screen
+
+
+@pytest.mark.slow
+def test_demo_trains_live_in_the_dashboard_then_offers_chat(tmux: Tmux) -> None:
+    tmux.start(["demo", "--steps", "40"])
+    screen = tmux.wait_for("demo-", timeout=180)  # the dashboard's header names the run
+    assert "Stop run" in screen or "Chat" in screen  # dashboard bindings in the footer
+    screen = tmux.wait_for("completed", timeout=300)
+    assert "loss" in screen.lower()
+    tmux.keys("c")
+    screen = tmux.wait_for("Settings", timeout=60)  # the chat screen's footer
+    tmux.keys("q")
+
+
+def test_app_switches_between_machine_plan_and_runs(tmux: Tmux) -> None:
+    tmux.start(["--simulate", "h100x2"])
+    tmux.wait_for("GPU 1 · NVIDIA H100")
+    tmux.keys("r")
+    tmux.wait_for("No runs yet", timeout=30)
+    tmux.keys("m")
+    tmux.wait_for("GPU 1 · NVIDIA H100", timeout=30)
+    tmux.keys("p")
+    screen = tmux.wait_for("1 · Model", timeout=30)
+    assert "4 · Setup" in screen
