@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_option(doctor, top_level=False)
     doctor.set_defaults(handler=cmd_doctor)
 
+    attach = sub.add_parser("attach", help="open a run's live dashboard (from any session)")
+    attach.add_argument("run", help="run id (or a unique prefix) or its directory")
+    _simulate_option(attach, top_level=False)
+    attach.set_defaults(handler=cmd_app)
+
     models = sub.add_parser("models", help="list the built-in model profiles")
     models.add_argument("--json", action="store_true", help="print a JSON list")
     models.set_defaults(handler=cmd_models)
@@ -60,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_parser(sub)
 
+    from tui.chat_cmd import add_chat_parsers
     from tui.data_cmd import add_data_parser
     from tui.run_cmds import add_run_parsers
 
     add_data_parser(sub)
+    add_chat_parsers(sub)
 
     add_run_parsers(sub)
 
@@ -81,9 +88,14 @@ def cmd_app(args: argparse.Namespace) -> int:
     from engine.hardware import make_backend
 
     backend = make_backend(args.simulate)  # validates the spec before the screen takes over
+    attach = getattr(args, "run", None)
+    if attach:
+        from engine.rundir import find_run
+
+        attach = find_run(attach).run_id  # an unknown run is a clear error, not a blank screen
     from tui.app import FtuiApp
 
-    FtuiApp(backend=backend).run()
+    FtuiApp(backend=backend, simulate=args.simulate, attach=attach).run()
     return 0
 
 

@@ -1,0 +1,196 @@
+"""Chat streaming overhead: raw `model.generate` vs ftui's streaming paths, on the tiny model.
+
+Usage: python benchmarks/chat.py [--run RUN] [--tokens 300] [--repeats 9] [--threads 1]
+
+Without --run it trains the demo's tiny model first (about 20 s on CPU, in a temporary
+FTUI_HOME). Every path answers the same prompt greedily with the same adapter and generates
+exactly --tokens tokens (end-of-turn suppressed), so only the delivery differs:
+
+- raw: `model.generate(**inputs)`; time to first token = a generate of one new token.
+- engine stream: `ChatModel.stream` in this process (generate in a thread, a
+  TextIteratorStreamer, the stop criterion), read chunk by chunk.
+- worker process: `ChatWorker.stream` (the model in `python -m engine.chat --worker`, text as
+  JSON lines), read chunk by chunk.
+- chat screen: the screen in a headless app, the text through the pump into
+  `Markdown.get_stream()`; with the model in the app's process, and in a worker process (what
+  `ChatScreen` does by default). First token = the first text handed to the Markdown stream,
+  end = the last text appended to the widget.
+
+Tokens/s is end to end: tokens / (end - start); decode tokens/s is the generating thread's own
+pace after its first token (what the answer's stats report), which shows whether a slow path
+lost time delivering text or had its model starved of CPU. The paths run in turn, round after
+round, so a busy machine slows them alike. The tiny model decodes a token in ~1.5 ms of Python
+on a CPU: the worst case for any fixed cost per token or per screen update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT = "What is the secret fruit of red?"
+PATHS = (
+    "raw model.generate",
+    "engine stream (thread + streamer)",
+    "worker process, read directly",
+    "chat screen, model in the app's process",
+    "chat screen, model in a worker process (default)",
+)
+
+
+def train_demo_run() -> Any:
+    from engine.demo import demo_spec
+    from engine.runs import launch, wait
+
+    os.environ.setdefault("FTUI_HOME", tempfile.mkdtemp(prefix="ftui-chat-bench-"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    run = launch(demo_spec(max_steps=120))
+    state = wait(run, timeout=900)
+    if state.get("status") != "completed":
+        raise SystemExit(f"the demo run ended {state.get('status')}: {run.stdout}")
+    return run
+
+
+Result = tuple[float, float, float | None]  # first token (s), tokens/s, decode tokens/s
+
+
+def raw_generate(chat: Any, settings: Any) -> Result:
+    """Plain `model.generate` calls."""
+    import torch
+
+    inputs = chat.encode([{"role": "user", "content": PROMPT}], settings.max_new_tokens)
+    kwargs = chat.generate_kwargs(settings)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        chat.model.generate(**inputs, **{**kwargs, "max_new_tokens": 1, "min_new_tokens": 1})
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        out = chat.model.generate(**inputs, **kwargs)
+        elapsed = time.perf_counter() - start
+    assert out.shape[-1] - inputs["input_ids"].shape[-1] == settings.max_new_tokens
+    return first, settings.max_new_tokens / elapsed, None
+
+
+def engine_stream(chat: Any, settings: Any) -> Result:
+    """`ChatModel.stream` (in this process) or `ChatWorker.stream` (a worker), read directly."""
+    start = time.perf_counter()
+    first_at = None
+    answer = chat.stream([{"role": "user", "content": PROMPT}], settings, "final")
+    for _chunk in answer:
+        first_at = first_at or time.perf_counter()
+    end = time.perf_counter()
+    assert first_at is not None and answer.stats is not None
+    return first_at - start, settings.max_new_tokens / (end - start), answer.stats.tokens_per_s
+
+
+async def screen_stream(screen: Any, settings: Any) -> Result:
+    await screen.action_new_chat()
+    start = time.perf_counter()
+    screen.send(PROMPT)
+    while screen.generating or not screen.columns[0].answers:
+        await asyncio.sleep(0.002)
+    answer = screen.columns[0].answers[-1]
+    assert answer.stats is not None and answer.stats.tokens == settings.max_new_tokens
+    assert answer.first_text_at is not None and answer.done_at is not None
+    rate = settings.max_new_tokens / (answer.done_at - start)
+    return answer.first_text_at - start, rate, answer.stats.tokens_per_s
+
+
+def measure(chat: Any, run: Any, settings: Any, repeats: int) -> dict[str, list[Result]]:
+    """Every path in turn, `repeats` rounds (after one warm-up round), so that a busy machine
+    slows them alike."""
+    from textual.app import App
+
+    from engine.chat import ChatWorker, run_target
+    from tui.screens.chat import ChatScreen, load_engine
+
+    direct_worker = ChatWorker.start(run_target(run))
+    in_process = ChatScreen(run, settings=settings, engine_factory=lambda target, _: chat)
+    worker = ChatScreen(run, settings=settings, engine_factory=load_engine)
+    screens = {PATHS[3]: in_process, PATHS[4]: worker}
+    tui_dir = Path(__file__).resolve().parent.parent / "tui"
+
+    class BenchApp(App[None]):
+        CSS_PATH = [str(tui_dir / "ftui.tcss"), str(tui_dir / "chat.tcss")]
+
+        def on_mount(self) -> None:
+            for name, screen in screens.items():
+                self.install_screen(screen, name)
+
+    results: dict[str, list[Result]] = {name: [] for name in PATHS}
+
+    async def drive() -> None:
+        async with BenchApp().run_test(headless=True, size=(120, 40)) as pilot:
+            for index in range(repeats + 1):
+                rounds = [
+                    raw_generate(chat, settings),
+                    engine_stream(chat, settings),
+                    engine_stream(direct_worker, settings),
+                ]
+                for name, screen in screens.items():
+                    await pilot.app.push_screen(name)
+                    while screen.engine is None:
+                        await pilot.pause(0.05)
+                    rounds.append(await screen_stream(screen, settings))
+                    await pilot.app.pop_screen()
+                if index:  # round 0 warms up
+                    for name, result in zip(PATHS, rounds, strict=True):
+                        results[name].append(result)
+            direct_worker.close()
+            for screen in screens.values():
+                if screen.engine is not None:
+                    screen.engine.close()
+
+    asyncio.run(drive())
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="a run to chat with (default: train the demo)")
+    parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+
+    import logging
+
+    import torch
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from engine.chat import ChatModel, GenerationSettings, run_target
+    from engine.rundir import find_run
+
+    run = find_run(args.run) if args.run else train_demo_run()
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the worker process too
+    chat = ChatModel.load(run_target(run))
+    settings = GenerationSettings(temperature=0, max_new_tokens=args.tokens, ignore_eos=True)
+    results = measure(chat, run, settings, args.repeats)
+    raw_rate = statistics.median(row[1] for row in results[PATHS[0]])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"tiny model on {chat.device} ({args.threads} torch thread(s) per process), "
+          f"{args.tokens} tokens, median of {args.repeats} rounds; {os.cpu_count()} CPUs, "
+          f"load average {load}\n")  # fmt: skip
+    print("| path | time to first token | tokens/s | overhead vs raw | decode tokens/s |")
+    print("|---|---|---|---|---|")
+    for name, rows in results.items():
+        first = statistics.median(row[0] for row in rows)
+        rate = statistics.median(row[1] for row in rows)
+        decode = [row[2] for row in rows if row[2] is not None]
+        shown = f"{statistics.median(decode):,.0f}" if decode else "-"
+        overhead = (raw_rate / rate - 1) * 100
+        print(f"| {name} | {first * 1000:.1f} ms | {rate:,.0f} | {overhead:+.1f}% | {shown} |")
+
+
+if __name__ == "__main__":
+    main()
