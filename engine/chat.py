@@ -19,6 +19,12 @@
   criterion watches a per-answer `threading.Event`, and the reader polls with a timeout, so an
   exception inside `generate` reaches the reader instead of blocking it forever. One lock
   serialises answers on the shared model: the next answer starts after the previous one ended.
+- `ChatWorker` is the same engine in a process of its own (`python -m engine.chat --worker`,
+  JSON lines over pipes): what the chat screen uses, so rendering never slows generation.
+- `ChatLog` keeps each chat session as JSONL in the run's `chats/`, and writes its transcript.
+
+Sections, in order: settings, targets, conversations, the engine protocol, the model, history,
+the worker (each could be a module of its own; they share only this file's types).
 
 Headless and cheap to import: torch, transformers and peft load inside the functions.
 """
