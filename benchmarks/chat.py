@@ -51,7 +51,8 @@ def train_demo_run() -> Any:
     from engine.demo import demo_spec
     from engine.runs import launch, wait
 
-    os.environ.setdefault("FTUI_HOME", tempfile.mkdtemp(prefix="ftui-chat-bench-"))
+    if not os.environ.get("FTUI_HOME"):
+        os.environ["FTUI_HOME"] = tempfile.mkdtemp(prefix="ftui-chat-bench-")
     os.environ["HF_HUB_OFFLINE"] = "1"
     run = launch(demo_spec(max_steps=120))
     state = wait(run, timeout=900)
