@@ -13,6 +13,7 @@ from engine.dataset_stats import LengthStats
 from engine.estimator import GIB
 from engine.plan_report import plan_to_dict
 from engine.planner import Candidate, Plan
+from tui.render import duration
 
 __all__ = ["plan_to_dict", "print_plan"]
 
@@ -31,14 +32,6 @@ PART_STYLE = {
     "temporaries": "red",
     "overhead": "grey50",
 }
-
-
-def duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "∞"
-    hours, rest = divmod(int(seconds), 3600)
-    minutes = rest // 60
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {int(seconds) % 60:02d}s"
 
 
 def breakdown_bar(c: Candidate, capacity: float, width: int = 60) -> Text:

@@ -7,7 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline, Static
 
-from tui.widgets.dash_model import DashFrame, compact, duration, number
+from tui.render import duration
+from tui.widgets.dash_model import DashFrame, compact, number
 
 STATUS_CLASSES = ("-starting", "-running", "-stopping", "-completed", "-failed", "-stopped")
 

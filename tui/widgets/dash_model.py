@@ -230,23 +230,6 @@ def build_frame(
 
 
 # -- formatting --------------------------------------------------------------------------------
-def duration(seconds: float | None) -> str:
-    """12s, 9m 20s, 1h 02m, 3d 4h."""
-    if seconds is None:
-        return "?"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h"
-
-
 def compact(value: float | None, digits: int = 1) -> str:
     """1234 -> 1.2k, 4.1e9 -> 4.1G."""
     if value is None:

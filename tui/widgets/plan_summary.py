@@ -16,7 +16,8 @@ from engine.estimator import GIB
 from engine.planner import Candidate, Machine
 
 # One source for the colours, labels and setup wording of `ftui plan` and the wizard.
-from tui.render_plan import PART_STYLE, PHASE_LABEL, breakdown_bar, duration, setup_line
+from tui.render import duration
+from tui.render_plan import PART_STYLE, PHASE_LABEL, breakdown_bar, setup_line
 
 
 @dataclass(frozen=True)
