@@ -9,7 +9,7 @@ exactly --tokens tokens (end-of-turn suppressed), so only the delivery differs:
 - raw: `model.generate(**inputs)`; time to first token = a generate of one new token.
 - engine stream: `ChatModel.stream` in this process (generate in a thread, a
   TextIteratorStreamer, the stop criterion), read chunk by chunk.
-- worker process: `ChatWorker.stream` (the model in `python -m engine.chat --worker`, text as
+- worker process: `ChatWorker.stream` (the model in `python -m engine.chat.worker`, text as
   JSON lines), read chunk by chunk.
 - chat screen: the screen in a headless app, the text through the pump into
   `Markdown.get_stream()`; with the model in the app's process, and in a worker process (what
