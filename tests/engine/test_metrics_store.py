@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from engine.metrics_store import MetricsStore, Series, TextTail, lttb, sample_jsonl
+from engine.metrics.reading import TextTail, sample_jsonl
+from engine.metrics.series import Series, lttb
+from engine.metrics.store import MetricsStore
 
 T0 = 1_700_000_000.0
 

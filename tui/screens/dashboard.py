@@ -25,7 +25,9 @@ from textual.worker import get_current_worker
 
 from engine.errors import FtuiError
 from engine.hardware import NvmlBackend
-from engine.metrics_store import Alert, MetricsStore, TextTail
+from engine.metrics.alerts import Alert
+from engine.metrics.reading import TextTail
+from engine.metrics.store import MetricsStore
 from engine.rundir import FINAL, RunDir
 from tui.widgets.dash_chart import BrailleChart
 from tui.widgets.dash_events import EventList

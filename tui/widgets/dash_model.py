@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.metrics_store import GIB, Alert, MetricsStore, Series, lttb
+from engine.hardware import GIB
+from engine.metrics.alerts import Alert
+from engine.metrics.series import Series, lttb
+from engine.metrics.store import MetricsStore
 
 
 @dataclass(frozen=True)
