@@ -50,8 +50,9 @@ class SpikeDetector:
         self._quiet_until = -1
 
     def restart(self) -> None:
-        """Forget the recent losses and start the warm-up over (a resume); the quiet period
-        of the last episode is kept."""
+        """Forget the recent losses and start the warm-up over (a resume); what was left of
+        the last episode's quiet period stays (counted from the restart)."""
+        self._quiet_until = max(self._quiet_until - self._seen, -1)
         self._recent.clear()
         self._sorted.clear()
         self._seen = 0

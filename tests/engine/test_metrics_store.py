@@ -184,6 +184,22 @@ def test_loss_spike_after_warmup(tmp_path: Path) -> None:
     assert kinds(store) == []
 
 
+def test_loss_spikes_are_still_caught_after_a_resume(tmp_path: Path) -> None:
+    store = MetricsStore(make_run(tmp_path))
+    for step in range(1, 400):
+        store.add_metrics(line(step, loss=1.0 + (step % 3) * 0.01))
+    store.add_metrics(line(400, loss=4.0))
+    assert kinds(store) == ["spike"]
+    for step in range(401, 500):
+        store.add_metrics(line(step, loss=1.0 + (step % 3) * 0.01))
+    store.add_metrics(line(300, loss=1.0))  # resumed from the checkpoint at step 300
+    for step in range(301, 360):
+        store.add_metrics(line(step, loss=1.0 + (step % 3) * 0.01))
+    assert kinds(store) == []
+    store.add_metrics(line(360, loss=4.0))  # a new spike after the resume's warm-up
+    assert kinds(store) == ["spike"]
+
+
 def test_stall_needs_time_and_idle_gpus(tmp_path: Path) -> None:
     store = MetricsStore(make_run(tmp_path), stall_seconds=60)
     store.set_state({"status": "running"})
