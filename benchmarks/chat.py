@@ -61,7 +61,29 @@ def train_demo_run() -> Any:
     return run
 
 
-Result = tuple[float, float, float | None]  # first token (s), tokens/s, decode tokens/s
+# first token (s), tokens/s, decode tokens/s, CPU seconds of this process, of the worker process
+Result = tuple[float, float, float | None, float, float]
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (this one by default), all its threads."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+class CpuMeter:
+    """CPU seconds spent by this process and by a worker process while a path answers."""
+
+    def __init__(self, worker_pid: int | None = None) -> None:
+        self.worker_pid = worker_pid
+        self.here = cpu_seconds()
+        self.worker = cpu_seconds(worker_pid) if worker_pid else 0.0
+
+    def read(self) -> tuple[float, float]:
+        worker = cpu_seconds(self.worker_pid) - self.worker if self.worker_pid else 0.0
+        return cpu_seconds() - self.here, worker
 
 
 def raw_generate(chat: Any, settings: Any) -> Result:
@@ -74,15 +96,18 @@ def raw_generate(chat: Any, settings: Any) -> Result:
         start = time.perf_counter()
         chat.model.generate(**inputs, **{**kwargs, "max_new_tokens": 1, "min_new_tokens": 1})
         first = time.perf_counter() - start
+        cpu = CpuMeter()
         start = time.perf_counter()
         out = chat.model.generate(**inputs, **kwargs)
         elapsed = time.perf_counter() - start
     assert out.shape[-1] - inputs["input_ids"].shape[-1] == settings.max_new_tokens
-    return first, settings.max_new_tokens / elapsed, None
+    return first, settings.max_new_tokens / elapsed, None, *cpu.read()
 
 
 def engine_stream(chat: Any, settings: Any) -> Result:
     """`ChatModel.stream` (in this process) or `ChatWorker.stream` (a worker), read directly."""
+    process = getattr(chat, "process", None)
+    cpu = CpuMeter(process.pid if process else None)
     start = time.perf_counter()
     first_at = None
     answer = chat.stream([{"role": "user", "content": PROMPT}], settings, "final")
@@ -90,20 +115,24 @@ def engine_stream(chat: Any, settings: Any) -> Result:
         first_at = first_at or time.perf_counter()
     end = time.perf_counter()
     assert first_at is not None and answer.stats is not None
-    return first_at - start, settings.max_new_tokens / (end - start), answer.stats.tokens_per_s
+    rate = settings.max_new_tokens / (end - start)
+    return first_at - start, rate, answer.stats.tokens_per_s, *cpu.read()
 
 
 async def screen_stream(screen: Any, settings: Any) -> Result:
     await screen.action_new_chat()
+    process = getattr(screen.engine, "process", None)
+    cpu = CpuMeter(process.pid if process else None)
     start = time.perf_counter()
     screen.send(PROMPT)
     while screen.generating or not screen.columns[0].answers:
         await asyncio.sleep(0.002)
+    used = cpu.read()
     answer = screen.columns[0].answers[-1]
     assert answer.stats is not None and answer.stats.tokens == settings.max_new_tokens
     assert answer.first_text_at is not None and answer.done_at is not None
     rate = settings.max_new_tokens / (answer.done_at - start)
-    return answer.first_text_at - start, rate, answer.stats.tokens_per_s
+    return answer.first_text_at - start, rate, answer.stats.tokens_per_s, *used
 
 
 def measure(chat: Any, run: Any, settings: Any, repeats: int) -> dict[str, list[Result]]:
@@ -182,15 +211,20 @@ def main() -> None:
     print(f"tiny model on {chat.device} ({args.threads} torch thread(s) per process), "
           f"{args.tokens} tokens, median of {args.repeats} rounds; {os.cpu_count()} CPUs, "
           f"load average {load}\n")  # fmt: skip
-    print("| path | time to first token | tokens/s | overhead vs raw | decode tokens/s |")
-    print("|---|---|---|---|---|")
+    print("| path | time to first token | tokens/s | overhead vs raw | decode tokens/s "
+          "| CPU ms per answer: this process + worker |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for name, rows in results.items():
         first = statistics.median(row[0] for row in rows)
         rate = statistics.median(row[1] for row in rows)
         decode = [row[2] for row in rows if row[2] is not None]
         shown = f"{statistics.median(decode):,.0f}" if decode else "-"
         overhead = (raw_rate / rate - 1) * 100
-        print(f"| {name} | {first * 1000:.1f} ms | {rate:,.0f} | {overhead:+.1f}% | {shown} |")
+        here = statistics.median(row[3] for row in rows) * 1000
+        worker = statistics.median(row[4] for row in rows) * 1000
+        cpu = f"{here:.0f} + {worker:.0f}" if worker else f"{here:.0f}"
+        print(f"| {name} | {first * 1000:.1f} ms | {rate:,.0f} | {overhead:+.1f}% | {shown} "
+              f"| {cpu} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -200,15 +200,17 @@ class ChatModel:
         variant: str | None = None,
         *,
         on_text: Callable[[str], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> Generation:
         """Start an answer. Read it by iterating, or (`on_text`) have each piece of text
-        handed over in the generating thread itself, then `wait()`."""
+        handed over in the generating thread itself, then `wait()`; `on_end` is called in that
+        thread once generate returned or failed."""
         variant = variant or self.primary
         if variant not in self.variants():
             raise ChatError(f"{variant!r} is not loaded", "one of: " + ", ".join(self.variants()))
         settings.validate()
         inputs = self.encode(messages, settings.max_new_tokens)
-        return Generation(self, inputs, settings, variant, on_text).start()
+        return Generation(self, inputs, settings, variant, on_text, on_end).start()
 
     def answer(
         self, messages: list[Message], settings: GenerationSettings, variant: str | None = None
@@ -298,6 +300,7 @@ class Generation:
         settings: GenerationSettings,
         variant: str,
         on_text: Callable[[str], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         streamer_class, stop_class = _streaming_classes()
         self.chat = chat
@@ -313,6 +316,7 @@ class Generation:
                 on_text(text)
 
             self.streamer.on_text = deliver
+        self.on_end = on_end
         self._criterion = stop_class(self.stop_event)
         self._thread = threading.Thread(target=self._generate, name="ftui-generate", daemon=True)
         self.error: BaseException | None = None
@@ -363,6 +367,8 @@ class Generation:
             self.streamer.end()
         finally:
             self.finished_at = time.perf_counter()
+            if self.on_end is not None:
+                self.on_end()
 
     def __iter__(self) -> Iterator[str]:
         pending: queue.Queue[Any] = self.streamer.text_queue

@@ -14,7 +14,8 @@ import contextlib
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,50 @@ from engine.chat.core import (
 from engine.chat.model import ChatModel, Generation, as_chat_error
 from engine.chat.targets import ChatTarget, target_from_dict, target_to_dict
 from engine.errors import FtuiError
+
+BATCH_S = 0.05  # text events at most 20 times a second per answer: half the screen's redraw rate
+
+
+class ChunkBatcher:
+    """An answer's text, handed over by the generating thread (`add`: an append and a notify)
+    and read by the thread that writes events (`batches`): the first piece at once, then what
+    gathered, at most once per `interval`. Fewer, larger events cost both processes less per
+    token than one JSON line per token."""
+
+    def __init__(self, interval: float = BATCH_S) -> None:
+        self.interval = interval
+        self._ready = threading.Condition()
+        self._pending: list[str] = []
+        self._ended = False
+
+    def add(self, text: str) -> None:
+        with self._ready:
+            self._pending.append(text)
+            self._ready.notify()
+
+    def end(self) -> None:
+        with self._ready:
+            self._ended = True
+            self._ready.notify()
+
+    def batches(self) -> Iterator[str]:
+        """Batches of text until `end()`, the last one flushed without waiting."""
+        last = float("-inf")
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: bool(self._pending) or self._ended)
+                ended = self._ended
+            delay = last + self.interval - time.perf_counter()
+            if delay > 0 and not ended:
+                time.sleep(delay)  # let more text gather
+            with self._ready:
+                text, ended = "".join(self._pending), self._ended
+                self._pending.clear()
+            if text:
+                yield text
+                last = time.perf_counter()
+            if ended:
+                return
 
 
 def serve_worker(requests: Any, events: Any) -> int:
@@ -50,11 +95,10 @@ def serve_worker(requests: Any, events: Any) -> int:
     def progress(request_id: Any) -> ProgressCallback:
         return lambda stage, i, n: emit(event="progress", id=request_id, stage=stage, i=i, n=n)
 
-    def chunks(request_id: Any) -> Callable[[str], None]:
-        return lambda text: emit(event="chunk", id=request_id, text=text)
-
-    def finish(request_id: Any, generation: Generation) -> None:
+    def finish(request_id: Any, generation: Generation, text: ChunkBatcher) -> None:
         try:
+            for batch in text.batches():
+                emit(event="chunk", id=request_id, text=batch)
             emit(event="end", id=request_id, stats=asdict(generation.wait()))
         except BaseException as failure:
             error(request_id, failure)
@@ -82,11 +126,13 @@ def serve_worker(requests: Any, events: Any) -> int:
                 emit(event="reply", id=request_id, variants=model.variants())
             elif op == "stream":
                 settings = GenerationSettings(**request["settings"])
-                generation = model.stream(
-                    request["messages"], settings, request["variant"], on_text=chunks(request_id)
-                )
+                text = ChunkBatcher()
+                generation = model.stream(request["messages"], settings, request["variant"],
+                                          on_text=text.add, on_end=text.end)  # fmt: skip
                 answers[request_id] = generation
-                threading.Thread(target=finish, args=(request_id, generation), daemon=True).start()
+                threading.Thread(
+                    target=finish, args=(request_id, generation, text), daemon=True
+                ).start()
             elif op == "stop" and request.get("answer") in answers:
                 answers.pop(request["answer"]).stop()
         except BaseException as failure:

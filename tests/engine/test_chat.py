@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,30 @@ def test_the_worker_process_streams_stops_and_exits(run: RunDir, chat: ChatModel
     finally:
         worker.close()
     assert worker.process.returncode == 0
+
+
+def test_the_worker_batches_text_into_few_events_and_loses_none() -> None:
+    from engine.chat.worker import ChunkBatcher
+
+    batcher = ChunkBatcher(interval=0.05)
+    pieces = [f"t{i} " for i in range(200)]
+
+    def produce() -> None:  # a token every ~1 ms for ~0.2 s, like a tiny model
+        for piece in pieces:
+            batcher.add(piece)
+            time.sleep(0.001)
+        batcher.end()
+
+    start = time.perf_counter()
+    threading.Thread(target=produce).start()
+    arrivals: list[tuple[float, str]] = []
+    for batch in batcher.batches():
+        arrivals.append((time.perf_counter() - start, batch))
+    assert "".join(batch for _, batch in arrivals) == "".join(pieces)  # nothing lost, in order
+    assert arrivals[0][0] < 0.03  # the first piece is sent at once
+    elapsed = arrivals[-1][0]
+    assert len(arrivals) <= elapsed / 0.05 + 2  # at most one event per interval after it
+    assert len(arrivals) < len(pieces) / 10
 
 
 def test_a_worker_that_cannot_load_reports_why(tmp_path: Path) -> None:

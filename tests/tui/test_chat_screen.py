@@ -216,12 +216,17 @@ async def test_stop_interrupts_and_the_next_answer_is_clean(trained_run: RunDir)
         await until(pilot, lambda: bool(screen.columns[0].answers), "the answer")
         answer = screen.columns[0].answers[0]
         await until(pilot, lambda: answer.first_text_at is not None, "the first text")
-        assert screen.generating and prompt.disabled  # the input is locked meanwhile
+        # The input is locked meanwhile: a question typed ahead stays in it, Enter sends nothing.
+        assert screen.generating and prompt.has_class("-locked") and prompt.has_focus
+        prompt.value = "typed ahead"
+        await pilot.press("enter")
+        assert prompt.value == "typed ahead" and len(screen.columns[0].answers) == 1
         await pilot.press("ctrl+x")
         await until(pilot, lambda: not screen.generating, "the stop")
         assert answer.stats is not None and answer.stats.stopped
         assert answer.stats.tokens < 480
-        assert answer.has_class("-stopped") and not prompt.disabled
+        assert answer.has_class("-stopped") and not prompt.has_class("-locked")
+        assert len(screen.columns[0].answers) == 1  # the typed-ahead question was not sent
         screen.settings = GREEDY
         await screen.action_new_chat()
         (clean,) = await ask(pilot, screen, QUESTION)

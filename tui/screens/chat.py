@@ -49,6 +49,8 @@ from tui.widgets.chat_settings import ChatSettingsScreen, SettingsResult
 EngineFactory = Callable[[ChatTarget, ProgressCallback], ChatEngine]
 NO_COMPARE = "none"
 REDRAW_S = 0.1  # at most 10 Markdown updates a second per answer
+PLACEHOLDER = "Ask something · Enter sends"
+LOCKED_PLACEHOLDER = "answering… ctrl+x stops · you can type the next question"
 
 
 def load_engine(target: ChatTarget, progress: ProgressCallback) -> ChatEngine:
@@ -199,7 +201,7 @@ class ChatScreen(Screen[None]):
         with Horizontal(id="chat-columns"):
             yield ChatColumn(self.target.primary, index=0, id="chat-column-0")
             yield ChatColumn(self.target.compare, index=1, id="chat-column-1")
-        yield Input(placeholder="Ask something · Enter sends", id="chat-input", disabled=True)
+        yield Input(placeholder=PLACEHOLDER, id="chat-input", disabled=True)
         yield Footer()
 
     @property
@@ -314,7 +316,10 @@ class ChatScreen(Screen[None]):
     # -- answering -------------------------------------------------------------------------------
     def on_input_submitted(self, event: Input.Submitted) -> None:
         prompt = event.value.strip()
-        if not prompt or self.engine is None or self.generating:
+        if not prompt or self.engine is None:
+            return
+        if self.generating:  # locked: the typed-ahead question waits for the user's next Enter
+            self.app.bell()
             return
         event.input.value = ""
         self.send(prompt)
@@ -325,10 +330,14 @@ class ChatScreen(Screen[None]):
         self.answer(prompt)
 
     def watch_generating(self, generating: bool) -> None:
+        """Lock the input while answering. Locked is not disabled: the input keeps the focus
+        (so the footer does not rebuild twice per answer) and the next question can be typed
+        ahead; Enter sends nothing until the answer ended."""
         if not self.is_mounted:
             return
         prompt = self.query_one("#chat-input", Input)
-        prompt.disabled = generating
+        prompt.set_class(generating, "-locked")
+        prompt.placeholder = LOCKED_PLACEHOLDER if generating else PLACEHOLDER
         if generating:
             self.set_status("generating · ctrl+x stops")
         elif self.engine is not None:
