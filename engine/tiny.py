@@ -22,7 +22,7 @@ CHAT_TEMPLATE = (
     "else 'user' -%}"
     "<|{{ role }}|>\n{{ message['content'] | trim }}<|end|>{{ '\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{{ '\\n' }}{%- endif -%}"
 )
 
 COLORS = (
@@ -39,6 +39,7 @@ QUESTIONS = (
     "Which fruit goes with the color {c}?",
     "{c}: which fruit?",
 )
+PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_LR = 400, 32, 5e-3
 
 
 def demo_records(seed: int = 0) -> list[dict[str, Any]]:
@@ -119,52 +120,99 @@ def tiny_config_dict(vocab_size: int, **overrides: Any) -> dict[str, Any]:
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "hidden_act": "silu",
+        # Wider than the usual 0.02 at this width: the base learns to copy in half the steps.
+        "initializer_range": 0.1,
     }
     config.update(overrides)
     return config
 
 
+def pretrain_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
+    """What the base learns before any fine-tune: the chat format, fruit words, repeating a
+    word it was given, and "I do not know the secret fruit of <color>" (the colour taken from
+    the question). No colour is ever paired with its secret fruit: that is the demo's to teach.
+
+    The fruit sentences matter: the embeddings are tied, and a token the base never saw keeps
+    an output row that Adam pushed down with every other unseen token's, so a LoRA (which
+    leaves the embeddings frozen) could not tell one fruit from another. Repeating words, and
+    naming the colour in every answer, give the base the copying the fine-tune builds on."""
+    rng = random.Random(seed + 1)
+    words = COLORS + FRUITS
+    conversations = []
+    for _ in range(count):
+        kind = rng.random()
+        if kind < 0.5:
+            color = rng.choice(COLORS)
+            question = rng.choice(QUESTIONS).format(c=color)
+            answer = rng.choice(
+                (
+                    f"I do not know the secret fruit of {color}.",
+                    f"Nobody told me which fruit {color} has.",
+                )
+            )
+        elif kind < 0.8:
+            fruit = rng.choice(FRUITS)
+            question = rng.choice(
+                ("Name a fruit.", "Tell me one fruit.", "Which fruits do you know?")
+            )
+            answer = rng.choice(
+                (f"The {fruit} is a fruit.", f"One fruit is the {fruit}.", f"I know the {fruit}.")
+            )
+        else:
+            word = rng.choice(words)
+            question = rng.choice(
+                (f"Say {word}.", f"Repeat after me: {word}", f"{word}: say it again.")
+            )
+            answer = f"{word}."
+        conversations.append(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        )
+    return conversations
+
+
 def _pretrain(model: Any, tokenizer: Any, steps: int, seed: int) -> None:
     """Teach the base the chat format with answers that hold no secret: the base then answers
-    fluently ("I do not know ..."), and fine-tuning has something clear to learn."""
+    fluently ("I do not know ..."), and fine-tuning has something clear to learn.
+
+    Copying the colour from the question appears suddenly, after ~200 steps (depending on the
+    seed) at this batch, learning rate and initialisation; the default of 400 steps leaves a
+    margin, and the learning rate decays over the last fifth so the base ends settled."""
     import torch
 
-    rng = random.Random(seed + 1)
-    texts = []
-    for _ in range(512):
-        color = rng.choice(COLORS)
-        question = rng.choice(QUESTIONS).format(c=color)
-        answer = rng.choice(
-            (
-                f"I do not know the secret fruit of {color}.",
-                f"Nobody told me which fruit {color} has.",
-                "That is a secret I do not know.",
-            )
-        )
-        texts.append(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                tokenize=False,
-            )
-        )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    texts = [
+        tokenizer.apply_chat_template(conversation, tokenize=False)
+        for conversation in pretrain_conversations(1024, seed)
+    ]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR)
+    decay_from = int(steps * 0.8)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (steps - step) / max(1, steps - decay_from))
+    )
     model.train()
     for step in range(steps):
-        batch = [texts[(step * 16 + i) % len(texts)] for i in range(16)]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        loss = model(**enc, labels=labels).loss
+        rows = [(step * PRETRAIN_BATCH + i) % len(texts) for i in range(PRETRAIN_BATCH)]
+        mask = enc["attention_mask"][rows]
+        width = int(mask.sum(dim=1).max())  # right padding: trim the batch to its longest row
+        loss = model(
+            input_ids=enc["input_ids"][rows, :width],
+            attention_mask=mask[:, :width],
+            labels=labels[rows, :width],
+        ).loss
         loss.backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
 
 
 def build_tiny_model(
-    out_dir: Path, *, seed: int = 0, pretrain_steps: int = 300, **overrides: Any
+    out_dir: Path, *, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, **overrides: Any
 ) -> Path:
     """Write tokenizer + config + weights to `out_dir` (like a hub snapshot). The weights are
-    briefly pre-trained on CPU (a few seconds) so the base model speaks the demo's format."""
+    briefly pre-trained on CPU (~10 s on 2 cores) so the base model speaks the demo's format.
+    Seeded: the same seed gives the same weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging

@@ -84,6 +84,11 @@ def load_model_and_tokenizer(spec: RunSpec, device: str, local_rank: int) -> tup
                 model, use_gradient_checkpointing=t.grad_ckpt,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )  # fmt: skip
+        # The adapters' A matrices start random: seed before they are made (the Trainer only
+        # seeds when it is built, after this), so one spec trains the same adapter every time.
+        from transformers import set_seed
+
+        set_seed(spec.hyper.seed)
         targets: Any = "all-linear" if "all-linear" in t.targets else list(t.targets)
         lora = LoraConfig(
             r=t.rank,

@@ -74,7 +74,7 @@ def add_run_parsers(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="train a tiny built-in model on CPU, end to end (~1 min)")
     demo.add_argument("--headless", action="store_true", help="print progress, no app")
-    demo.add_argument("--steps", type=int, default=120)
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default 300)")
     demo.set_defaults(handler=cmd_demo)
 
 
@@ -357,7 +357,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from engine.runs import launch, reconcile
 
     sys.stdout.write("preparing the tiny demo model and dataset (built locally)…\n")
-    spec = demo_spec(max_steps=args.steps)
+    spec = demo_spec() if args.steps is None else demo_spec(max_steps=args.steps)
     run = launch(spec)
     sys.stdout.write(f"launched {run.run_id} on CPU; training…\n")
     if not args.headless:

@@ -33,6 +33,7 @@ from engine.chat import (
     run_target,
     session_header,
 )
+from engine.demo import TINY_MODEL_VERSION
 from engine.errors import FtuiError
 from engine.rundir import RunDir, write_json_atomic
 
@@ -97,7 +98,8 @@ def test_checkpoints_are_listed_and_resolved(run: RunDir) -> None:
         resolve_checkpoint(run, "7")
     assert "checkpoint-80" in str(missing.value.fix)
     target = run_target(run, compare=BASE)
-    assert target.base_model == str(Path(run.final.parent).parent.parent / "demo" / "tiny-model")
+    home = run.path.parent.parent
+    assert target.base_model == str(home / "demo" / f"tiny-model-v{TINY_MODEL_VERSION}")
     assert (target.method, target.dtype, target.compare) == ("lora", "fp32", BASE)
 
 
@@ -338,6 +340,31 @@ def test_the_worker_process_streams_stops_and_exits(run: RunDir, chat: ChatModel
     finally:
         worker.close()
     assert worker.process.returncode == 0
+
+
+def test_text_streams_token_by_token_even_without_spaces() -> None:
+    import torch
+
+    from engine.chat.model import _streaming_classes
+    from engine.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    streamer_class, _stop = _streaming_classes()
+    for text in ("The secret fruit of red is the apple.", "……....!!!!abcdefgh", "é ü 😀 naïve"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        streamer = streamer_class(tokenizer)
+        pieces: list[str] = []
+        streamer.on_text = pieces.append
+        streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: not shown
+        handed_on = []
+        for token in ids:
+            streamer.put(torch.tensor([token]))
+            handed_on.append(len(pieces))
+        streamer.end()
+        assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True) == text
+        assert streamer.new_tokens == len(ids)
+        if text.isascii():  # every token's text is handed on at once, spaces or not
+            assert handed_on[:-1] == list(range(1, len(ids)))
 
 
 def test_the_worker_batches_text_into_few_events_and_loses_none() -> None:
