@@ -250,43 +250,90 @@ class ChatModel:
 
 @lru_cache(maxsize=1)
 def _streaming_classes() -> tuple[type, type]:
-    """(a TextIteratorStreamer that counts and times tokens, a stop-on-Event criterion)."""
+    """(a streamer that hands on each token's text and counts and times tokens, a stop-on-Event
+    criterion)."""
     import torch
-    from transformers import StoppingCriteria, TextIteratorStreamer
+    from transformers import StoppingCriteria
+    from transformers.generation.streamers import BaseStreamer
 
-    class CountingStreamer(TextIteratorStreamer):  # type: ignore[misc]
+    class TokenStreamer(BaseStreamer):  # type: ignore[misc]
+        """The text of every new token as soon as it is final. transformers' TextStreamer
+        decodes the whole line again for each token and holds text back until a space, so an
+        answer without spaces (code, a long number, "……") arrived all at the end. This one
+        decodes a window of the last tokens (the one before gives the spacing) and hands on
+        the difference; a token that ends inside a UTF-8 character waits for the rest of it.
+        Text goes to `on_text` in the generating thread, or to `text_queue` for a reader."""
+
+        stop_signal = None
+
         def __init__(self, tokenizer: Any) -> None:
-            super().__init__(tokenizer, skip_prompt=True, timeout=POLL_S, skip_special_tokens=True)
-            self.new_tokens = 0
+            self.tokenizer = tokenizer
+            self.text_queue: queue.Queue[str | None] = queue.Queue()
             self.on_text: Callable[[str], None] | None = None
+            self.prompt_skipped = False
+            self.ids: list[int] = []
+            self.window_start = 0  # decoded from here; text up to `shown` was handed on
+            self.shown = 0
+            self.new_tokens = 0
             self.first_token_at: float | None = None
             self.last_token_at: float | None = None
 
-        def put(self, value: Any) -> None:
-            if not self.next_tokens_are_prompt:
-                now = time.perf_counter()
-                self.new_tokens += int(value.numel())
-                self.first_token_at = self.first_token_at or now
-                self.last_token_at = now
-            super().put(value)  # type: ignore[no-untyped-call]
+        def _decode(self, ids: list[int]) -> str:
+            text: str = self.tokenizer.decode(
+                ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+            return text
 
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if self.on_text is None:
-                super().on_finalized_text(text, stream_end)
-            elif text:
+        def _deliver(self, text: str) -> None:
+            if self.on_text is not None:
                 self.on_text(text)
+            else:
+                self.text_queue.put(text)
+
+        def put(self, value: Any) -> None:
+            if not self.prompt_skipped:  # generate hands over the prompt first
+                self.prompt_skipped = True
+                return
+            if value.dim() > 1:
+                value = value[0]
+            now = time.perf_counter()
+            ids = value.tolist()
+            self.new_tokens += len(ids)
+            self.first_token_at = self.first_token_at or now
+            self.last_token_at = now
+            self.ids.extend(ids)
+            before = self._decode(self.ids[self.window_start : self.shown])
+            after = self._decode(self.ids[self.window_start :])
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                self.window_start, self.shown = self.shown, len(self.ids)
+                self._deliver(after[len(before) :])
+
+        def end(self) -> None:
+            before = self._decode(self.ids[self.window_start : self.shown])
+            rest = self._decode(self.ids[self.window_start :])[len(before) :]
+            self.window_start = self.shown = len(self.ids)
+            if rest:
+                self._deliver(rest)
+            self.text_queue.put(self.stop_signal)
 
     class StopOnEvent(StoppingCriteria):  # type: ignore[misc]
+        """Done once the event is set. Called every step: it answers with one of two tensors
+        made once (generate combines them out of place), not a new tensor per token."""
+
         def __init__(self, event: threading.Event) -> None:
             self.event = event
+            self._answers: dict[tuple[int, Any], tuple[Any, Any]] = {}
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full(
-                (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
-                device=input_ids.device,
-            )  # fmt: skip
+            key = (input_ids.shape[0], input_ids.device)
+            if key not in self._answers:
+                self._answers[key] = (
+                    torch.zeros(key[0], dtype=torch.bool, device=key[1]),
+                    torch.ones(key[0], dtype=torch.bool, device=key[1]),
+                )
+            return self._answers[key][self.event.is_set()]
 
-    return CountingStreamer, StopOnEvent
+    return TokenStreamer, StopOnEvent
 
 
 class Generation:
