@@ -36,21 +36,24 @@ BATCH_S = 0.05  # text events at most 20 times a second per answer: half the scr
 
 
 class ChunkBatcher:
-    """An answer's text, handed over by the generating thread (`add`: an append and a notify)
-    and read by the thread that writes events (`batches`): the first piece at once, then what
-    gathered, at most once per `interval`. Fewer, larger events cost both processes less per
-    token than one JSON line per token."""
+    """An answer's text, handed over by the generating thread (`add`) and read by the thread
+    that writes events (`batches`): the first piece at once, then what gathered, at most once
+    per `interval`; the end cuts the wait short. Fewer, larger events cost both processes less
+    per token than one JSON line per token. `add` wakes the writer only when it waits for text,
+    not on every token while it lets text gather."""
 
     def __init__(self, interval: float = BATCH_S) -> None:
         self.interval = interval
         self._ready = threading.Condition()
         self._pending: list[str] = []
         self._ended = False
+        self._idle = False  # the writer waits for the next text
 
     def add(self, text: str) -> None:
         with self._ready:
             self._pending.append(text)
-            self._ready.notify()
+            if self._idle:
+                self._ready.notify()
 
     def end(self) -> None:
         with self._ready:
@@ -58,16 +61,16 @@ class ChunkBatcher:
             self._ready.notify()
 
     def batches(self) -> Iterator[str]:
-        """Batches of text until `end()`, the last one flushed without waiting."""
+        """Batches of text until `end()`; the last one is sent as soon as the answer ended."""
         last = float("-inf")
         while True:
             with self._ready:
+                self._idle = True
                 self._ready.wait_for(lambda: bool(self._pending) or self._ended)
-                ended = self._ended
-            delay = last + self.interval - time.perf_counter()
-            if delay > 0 and not ended:
-                time.sleep(delay)  # let more text gather
-            with self._ready:
+                self._idle = False
+                delay = last + self.interval - time.perf_counter()
+                if delay > 0:  # let more text gather, unless the answer ends meanwhile
+                    self._ready.wait_for(lambda: self._ended, timeout=delay)
                 text, ended = "".join(self._pending), self._ended
                 self._pending.clear()
             if text:

@@ -373,11 +373,14 @@ def test_the_worker_batches_text_into_few_events_and_loses_none() -> None:
     batcher = ChunkBatcher(interval=0.05)
     pieces = [f"t{i} " for i in range(200)]
 
+    ended_at: list[float] = []
+
     def produce() -> None:  # a token every ~1 ms for ~0.2 s, like a tiny model
         for piece in pieces:
             batcher.add(piece)
             time.sleep(0.001)
         batcher.end()
+        ended_at.append(time.perf_counter() - start)
 
     start = time.perf_counter()
     threading.Thread(target=produce).start()
@@ -389,6 +392,7 @@ def test_the_worker_batches_text_into_few_events_and_loses_none() -> None:
     elapsed = arrivals[-1][0]
     assert len(arrivals) <= elapsed / 0.05 + 2  # at most one event per interval after it
     assert len(arrivals) < len(pieces) / 10
+    assert arrivals[-1][0] - ended_at[0] < 0.025  # the end does not wait for the interval
 
 
 def test_a_worker_that_cannot_load_reports_why(tmp_path: Path) -> None:

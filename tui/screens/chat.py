@@ -11,6 +11,7 @@ The engine is injectable (`engine_factory`): tests and snapshots pass a determin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -70,6 +71,7 @@ async def iterate_in_thread(
     once per batch, not once per token."""
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
+    finished = asyncio.Event()  # the iterable ended: cuts a wait for more text short
     lock = threading.Lock()
     pending: list[str] = []
     state: dict[str, Any] = {"armed": False, "done": False, "error": None}
@@ -92,14 +94,16 @@ async def iterate_in_thread(
                 state["done"] = True
                 state["armed"] = False
                 arm()
+            loop.call_soon_threadsafe(finished.set)
 
     threading.Thread(target=pump, name="ftui-chat-pump", daemon=True).start()
     last_yield = float("-inf")
     while True:
         await ready.wait()
         delay = last_yield + min_interval - time.perf_counter()
-        if delay > 0 and not state["done"]:
-            await asyncio.sleep(delay)  # let more text gather
+        if delay > 0 and not finished.is_set():  # let more text gather, unless it ends
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=delay)
         with lock:
             text, done = "".join(pending), state["done"]
             pending.clear()
