@@ -126,6 +126,24 @@ def _progress(stage: str, index: int, total: int) -> None:
         sys.stderr.flush()
 
 
+class _Printer:
+    """Writes an answer's text as it comes (when `echo`), without the newline templates often
+    start with; the generation keeps the text either way."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+        self.started = False
+
+    def __call__(self, text: str) -> None:
+        if not self.echo:
+            return
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def answer_once(target: Any, settings: Any, prompt: str, system: str, *, as_json: bool) -> int:
     """Load, answer with the adapter (and the compared model), print, exit."""
     from engine.chat import ChatModel, Conversation
@@ -140,18 +158,10 @@ def answer_once(target: Any, settings: Any, prompt: str, system: str, *, as_json
     for variant in variants:
         if not as_json and len(variants) > 1:
             sys.stdout.write(f"── {variant} ──\n")
-        generation = model.stream(messages, settings, variant)
-        started = False
-        for chunk in generation:
-            if as_json:
-                continue
-            if not started:  # templates often start the answer with a newline
-                chunk = chunk.lstrip()
-                started = bool(chunk)
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-        stats = generation.stats
-        assert stats is not None
+        # The text is written by the generating thread itself: a reading thread woken for
+        # every token would take the interpreter lock from generate (docs/benchmarks.md, Chat).
+        generation = model.stream(messages, settings, variant, on_text=_Printer(not as_json))
+        stats = generation.wait()
         answers.append({"variant": variant, "answer": generation.text.strip(), **stats.to_dict()})
         if not as_json:
             sys.stdout.write("\n")
