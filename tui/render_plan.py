@@ -11,9 +11,9 @@ from rich.text import Text
 
 from engine.dataset_stats import LengthStats
 from engine.estimator import GIB
+from engine.humanize import duration
 from engine.plan_report import plan_to_dict
 from engine.planner import Candidate, Plan
-from tui.render import duration
 
 __all__ = ["plan_to_dict", "print_plan"]
 

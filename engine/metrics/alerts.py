@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.humanize import duration
 from engine.metrics.records import at_step, num
 from engine.metrics.series import Point
 
@@ -104,7 +105,7 @@ def stall_alert(step: int | None, idle_for: float, gpus_idle: bool, now: float) 
     gpu_note = " and the GPUs are idle" if gpus_idle else ""
     return Alert(
         "stall",
-        f"stalled {where}: no new step for {_duration(idle_for)}{gpu_note}",
+        f"stalled {where}: no new step for {duration(idle_for)}{gpu_note}",
         severity="warning",
         step=step,
         t=now,
@@ -148,14 +149,3 @@ def end_alert(
 
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"

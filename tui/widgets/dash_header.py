@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline, Static
 
-from tui.render import duration
+from engine.humanize import duration
 from tui.widgets.dash_model import DashFrame, compact, number
 
 STATUS_CLASSES = ("-starting", "-running", "-stopping", "-completed", "-failed", "-stopped")

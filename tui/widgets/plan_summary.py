@@ -13,10 +13,10 @@ from textual.widgets import DataTable, Static
 
 from engine.dryrun import DryRunResult
 from engine.estimator import GIB
-from engine.planner import Candidate, Machine
 
 # One source for the colours, labels and setup wording of `ftui plan` and the wizard.
-from tui.render import duration
+from engine.humanize import duration
+from engine.planner import Candidate, Machine
 from tui.render_plan import PART_STYLE, PHASE_LABEL, breakdown_bar, setup_line
 
 
