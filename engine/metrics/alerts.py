@@ -96,8 +96,8 @@ def nan_alert(step: int | None, t: float | None, value: Any) -> Alert:
     return Alert("nan", f"loss is {text}{at_step(step)}", step=step, t=t)
 
 
-def oom_alert(step: Any, t: float | None) -> Alert:
-    return Alert("oom", f"out of GPU memory{at_step(step)}", step=_int(step), t=t)
+def oom_alert(step: int | None, t: float | None) -> Alert:
+    return Alert("oom", f"out of GPU memory{at_step(step)}", step=step, t=t)
 
 
 def stall_alert(step: int | None, idle_for: float, gpus_idle: bool, now: float) -> Alert:
@@ -145,7 +145,3 @@ def end_alert(
     detail = f" (exit code {code})" if code is not None else ""
     why = f": {note}" if note else ": see the log"
     return Alert("failed", f"failed ({failure}){detail}{why}", "error", step, t)
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

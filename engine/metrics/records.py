@@ -25,6 +25,13 @@ def num(value: Any) -> float | None:
     return None
 
 
+def step_of(value: Any) -> int | None:
+    """A record's step as an int (the callback writes ints; a float step is truncated), else
+    None."""
+    step = num(value)
+    return int(step) if step is not None else None
+
+
 def bad_loss(value: Any) -> bool:
     """A loss that is present but not a finite number (the callback writes NaN as null)."""
     if value is None:

@@ -29,7 +29,7 @@ from engine.metrics.alerts import (
 )
 from engine.metrics.progress import Pace, Progress
 from engine.metrics.reading import JsonlSource
-from engine.metrics.records import Event, GpuHistory, bad_loss, describe_event, num
+from engine.metrics.records import Event, GpuHistory, bad_loss, describe_event, num, step_of
 from engine.metrics.series import Series
 from engine.rundir import FINAL, RunDir, read_json
 
@@ -252,10 +252,9 @@ class MetricsStore:
         event = describe_event(record)
         self.events.append(event)
         self.version += 1
-        step = record.get("step")
+        step = step_of(record.get("step"))
         if event.kind == "nan":
-            step_int = int(step) if isinstance(step, int) else None
-            self._nan_alert(step_int, event.t, record.get("loss", "NaN"))
+            self._nan_alert(step, event.t, record.get("loss", "NaN"))
         elif event.kind == "oom":
             self._alert(("oom", step), oom_alert(step, event.t))
 

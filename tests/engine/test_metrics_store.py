@@ -163,7 +163,7 @@ def test_nan_loss_alerts_once(tmp_path: Path) -> None:
     store = MetricsStore(make_run(tmp_path))
     store.add_metrics(line(1, loss=1.0))
     store.add_metrics(line(2, loss=None))  # the callback writes NaN as null
-    store.add_event({"t": T0 + 2, "event": "nan", "step": 2, "loss": "nan"})
+    store.add_event({"t": T0 + 2, "event": "nan", "step": 2.0, "loss": "nan"})  # 2.0 is step 2
     alerts = store.check_alerts(T0 + 2)
     assert [a.kind for a in alerts] == ["nan"] and alerts[0].step == 2
     assert kinds(store, T0 + 3) == []  # no repeats on the next refresh
