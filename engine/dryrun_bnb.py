@@ -14,10 +14,9 @@ import functools
 import math
 from typing import Any
 
-# bitsandbytes constants the stand-ins reproduce.
-BNB_4BIT_BLOCKSIZE = 64  # Params4bit default: one absmax per 64 weights
-BNB_NESTED_BLOCKSIZE = 256  # double quant: one fp32 absmax per 256 absmax blocks
-BNB_OPTIM_BLOCKSIZE = 256  # 8-bit optimizer states: one fp32 absmax per 256 values
+from engine.estimator import BNB_4BIT_BLOCKSIZE, BNB_NESTED_BLOCKSIZE, BNB_OPTIM_BLOCKSIZE
+
+# bitsandbytes constants the stand-ins reproduce (the block sizes are shared with tier 1).
 BNB_MIN_8BIT_SIZE = 4096  # smaller tensors keep 32-bit optimizer states
 BNB_PAGED_MIN_NUMEL = 100_000  # smaller paged states are ordinary device tensors
 

@@ -20,6 +20,10 @@ from engine.models import ModelArch
 from engine.training_config import TrainingConfig
 
 GIB = 1024**3
+# bitsandbytes' block sizes (the dry run's stand-ins use the same)
+BNB_4BIT_BLOCKSIZE = 64  # Params4bit default: one absmax per 64 weights
+BNB_NESTED_BLOCKSIZE = 256  # double quant: one fp32 absmax per 256 absmax blocks
+BNB_OPTIM_BLOCKSIZE = 256  # 8-bit optimizer states: one fp32 absmax per 256 values
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 PHASES = ("forward_backward", "recompute", "optimizer_step")
 
@@ -195,8 +199,8 @@ def count_params(arch: ModelArch, config: TrainingConfig | None = None) -> Param
 def _nf4_bytes(n: int, double_quant: bool) -> float:
     """bitsandbytes NF4: 4 bits per weight + an absmax per 64 weights (fp32; or, with double
     quantisation, uint8 plus an fp32 per 256 blocks)."""
-    blocks = n / 64
-    absmax = blocks * 1 + blocks / 256 * 4 if double_quant else blocks * 4
+    blocks = n / BNB_4BIT_BLOCKSIZE
+    absmax = blocks * 1 + blocks / BNB_NESTED_BLOCKSIZE * 4 if double_quant else blocks * 4
     return n / 2 + absmax
 
 
@@ -205,7 +209,7 @@ def optimizer_bytes_per_param(optim: str, state_bytes: int) -> float:
     if optim in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
         return 2 * state_bytes
     if optim in ("adamw_8bit", "paged_adamw_8bit"):
-        return 2 * (1 + 4 / 256)  # two uint8 states + fp32 absmax per 256-element block
+        return 2 * (1 + 4 / BNB_OPTIM_BLOCKSIZE)  # two uint8 states + an fp32 absmax a block
     if optim == "adafactor":
         return 0.05 * state_bytes  # factored second moment: rows + cols, ~nothing per param
     return 0.0  # sgd without momentum (HF default)
