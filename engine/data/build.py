@@ -149,11 +149,7 @@ def build_datasets(
             try:
                 enc = encode_conversation(sample.turns, tokenizer)
             except InvalidRecordError as exc:
-                extra.append(
-                    InvalidRecord(
-                        sample.index, sample.line, sample.file, sample.row, exc.reason, sample.where
-                    )
-                )
+                extra.append(sample.invalid(exc.reason))
                 continue
             encoded.append(enc)
             kept.append(sample)

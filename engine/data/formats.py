@@ -269,35 +269,26 @@ def _turn_list(
     return turns
 
 
-def _sharegpt_turns(record: dict[str, Any]) -> list[Turn]:
-    turns = _turn_list(
-        record.get("conversations"),
-        key="conversations",
-        roles=_SHAREGPT_ROLES,
-        what="turn",
-        sharegpt=True,
-    )
+def _chat_turns(record: dict[str, Any], *, sharegpt: bool) -> list[Turn]:
+    """ShareGPT (`conversations`, from/value, strict alternation, a top-level `system`) or
+    messages (role/content, any order after the system turn): the turns, validated."""
+    key, what = ("conversations", "turn") if sharegpt else ("messages", "message")
+    roles = _SHAREGPT_ROLES if sharegpt else _MESSAGES_ROLES
+    turns = _turn_list(record.get(key), key=key, roles=roles, what=what, sharegpt=sharegpt)
     if turns[0]["role"] == "system" and not turns[0]["content"].strip() and len(turns) > 1:
         turns = turns[1:]
-    system = _get_str(record, "system", required=False)
+    system = _get_str(record, "system", required=False) if sharegpt else ""
     turns = _with_system(turns, system, record.get("tools"))
-    _check_turns(turns, alternate=True, what="turn")
+    _check_turns(turns, alternate=sharegpt, what=what)
     return turns
+
+
+def _sharegpt_turns(record: dict[str, Any]) -> list[Turn]:
+    return _chat_turns(record, sharegpt=True)
 
 
 def _messages_turns(record: dict[str, Any]) -> list[Turn]:
-    turns = _turn_list(
-        record.get("messages"),
-        key="messages",
-        roles=_MESSAGES_ROLES,
-        what="message",
-        sharegpt=False,
-    )
-    if turns[0]["role"] == "system" and not turns[0]["content"].strip() and len(turns) > 1:
-        turns = turns[1:]
-    turns = _with_system(turns, "", record.get("tools"))
-    _check_turns(turns, alternate=False, what="message")
-    return turns
+    return _chat_turns(record, sharegpt=False)
 
 
 def _text_sample(record: dict[str, Any]) -> str:

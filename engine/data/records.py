@@ -201,6 +201,10 @@ class Sample:
     rejected: list[Turn] | None = None
     where: str = ""
 
+    def invalid(self, reason: str) -> InvalidRecord:
+        """This sample refused after all (it does not fit the tokenizer or the template)."""
+        return InvalidRecord(self.index, self.line, self.file, self.row, reason, self.where)
+
     def key(self) -> str:
         """Identity for duplicate counting."""
         if self.text is not None:

@@ -114,11 +114,7 @@ def _measure(
         try:
             rendered = [_render_checked(render, seq)[0] for seq in sequences]
         except InvalidRecordError as exc:
-            invalid.append(
-                InvalidRecord(
-                    sample.index, sample.line, sample.file, sample.row, exc.reason, sample.where
-                )
-            )
+            invalid.append(sample.invalid(exc.reason))
             continue
         kept.append(sample)
         for text in rendered:
