@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,31 @@ def cli_env(isolated_home: Path) -> dict[str, str]:
     env["FTUI_HOME"] = str(isolated_home)
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The FTUI_HOME the tests that train the demo share: its tiny model is built once."""
+    home = tmp_path_factory.getbasetemp() / "demo-ftui-home"
+    home.mkdir(exist_ok=True)
+    return home
+
+
+def train_demo(tmp_path_factory: pytest.TempPathFactory, max_steps: int | None = None) -> Any:
+    """The demo spec trained through the real runtime in `demo_home`; the completed RunDir."""
+    from engine.demo import demo_spec
+    from engine.runs import launch, wait
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FTUI_HOME", str(demo_home(tmp_path_factory)))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        run = launch(demo_spec() if max_steps is None else demo_spec(max_steps=max_steps))
+        state = wait(run, timeout=600)
+    assert state["status"] == "completed", run.stdout.read_text()[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo trained once per test session, 120 steps (checkpoints 80 and 120), for the
+    chat tests, which only read it."""
+    return train_demo(tmp_path_factory, max_steps=120)

@@ -23,25 +23,15 @@ def is_base_answer(text: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.getbasetemp() / "chat-ftui-home"  # the tiny model is built once
-    home.mkdir(exist_ok=True)
-    repo = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "FTUI_HOME": str(home), "PYTHONPATH": repo, "HF_HUB_OFFLINE": "1"}
+def run(demo_run: RunDir) -> RunDir:
+    return demo_run
 
 
 @pytest.fixture(scope="module")
-def run(env: dict[str, str]) -> RunDir:
-    from engine.demo import demo_spec
-    from engine.runs import launch, wait
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FTUI_HOME", env["FTUI_HOME"])
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        launched = launch(demo_spec(max_steps=120))
-        state = wait(launched, timeout=600)
-    assert state["status"] == "completed", launched.stdout.read_text()[-3000:]
-    return launched
+def env(run: RunDir) -> dict[str, str]:
+    home = str(run.path.parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "FTUI_HOME": home, "PYTHONPATH": repo, "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """Chat and export on the tiny model trained once by the demo spec (real torch, PEFT, CPU).
 
 The demo's base answers "I do not know ..." (or "Nobody told me ..."); its adapter learns the
-"The secret fruit of <color> is ..." form. How well it learns varies from one training to the
-next (CPU float reductions differ from step 3 on), so the tests compare answers with each other
-and with the base's, never with one exact adapter sentence.
+"The secret fruit of <color> is ..." form. These tests train 120 steps (two checkpoints to
+compare), so they compare answers with each other and with the base's; that the full demo
+answers its training prompts exactly is tests/engine/test_demo_training.py's to check.
 """
 
 from __future__ import annotations
@@ -51,26 +51,9 @@ def is_base_answer(text: str) -> bool:
 REPO = Path(__file__).resolve().parents[2]
 
 
-def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One FTUI_HOME for the chat test modules of this session: the demo's tiny model is built
-    once, each module trains its own run in it."""
-    home = tmp_path_factory.getbasetemp() / "chat-ftui-home"
-    home.mkdir(exist_ok=True)
-    return home
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    from engine.demo import demo_spec
-    from engine.runs import launch, wait
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FTUI_HOME", str(shared_home(tmp_path_factory)))
-        env.setenv("HF_HUB_OFFLINE", "1")
-        launched = launch(demo_spec(max_steps=120))
-        state = wait(launched, timeout=600)
-    assert state["status"] == "completed", launched.stdout.read_text()[-3000:]
-    return launched
+def run(demo_run: RunDir) -> RunDir:
+    return demo_run
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from engine.chat import BASE, ChatModel, Conversation, GenerationSettings, run_t
 from engine.rundir import JsonlTail, RunDir
 from engine.runspec import RunSpec
 from engine.tiny import COLORS, build_tiny_model, build_tokenizer, demo_records
+from tests.conftest import train_demo
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=32)
 
@@ -29,18 +30,8 @@ def is_base_answer(text: str) -> bool:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    from engine.demo import demo_spec
-    from engine.runs import launch, wait
-
-    home = tmp_path_factory.getbasetemp() / "chat-ftui-home"  # the tiny model is built once
-    home.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FTUI_HOME", str(home))
-        env.setenv("HF_HUB_OFFLINE", "1")
-        launched = launch(demo_spec())
-        state = wait(launched, timeout=600)
-    assert state["status"] == "completed", launched.stdout.read_text()[-3000:]
-    return launched
+    """The demo as `ftui demo` trains it (the default steps), once for this module."""
+    return train_demo(tmp_path_factory)  # type: ignore[no-any-return]
 
 
 @pytest.mark.slow

@@ -147,24 +147,13 @@ async def ask(pilot: Any, screen: ChatScreen, text: str) -> list[ChatAnswer]:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    """The demo spec trained once for this module (about 20 s on CPU)."""
-    from engine.demo import demo_spec
-    from engine.runs import launch, wait
-
-    home = tmp_path_factory.getbasetemp() / "chat-ftui-home"  # the tiny model is built once
-    home.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FTUI_HOME", str(home))
-        env.setenv("HF_HUB_OFFLINE", "1")
-        run = launch(demo_spec(max_steps=120))
-        state = wait(run, timeout=600)
-    assert state["status"] == "completed", run.stdout.read_text()[-3000:]
-    return run
+def trained_run(demo_run: RunDir) -> RunDir:
+    """The demo spec trained once per test session (tests/conftest.py)."""
+    return demo_run
 
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=64)
-# How well the demo adapter learns varies between trainings; a fixed length always gives text.
+# A fixed length: the answer streams for a while whatever the adapter says first.
 FORTY = GenerationSettings(temperature=0, max_new_tokens=40, ignore_eos=True)
 
 
