@@ -292,13 +292,13 @@ class RunsScreen(Screen[None]):
         if info is None:
             return
         if info.status not in FINAL:
-            self.notify(
-                f"{info.run_id} is {info.label}: stop it (x) before deleting it.",
-                severity="error",
-                markup=False,
-            )
+            self._refuse_live(info.run_id, info.label)
             return
         self._deletion_worker(info)
+
+    def _refuse_live(self, run_id: str, status: str) -> None:
+        self.notify(f"{run_id} is {status}: stop it (x) before deleting it.", severity="error",
+                    markup=False)  # fmt: skip
 
     @work(thread=True, exclusive=True, group="run-delete")
     def _deletion_worker(self, info: RunInfo) -> None:
@@ -311,12 +311,8 @@ class RunsScreen(Screen[None]):
 
     def on_deletion_ready(self, message: DeletionReady) -> None:
         details = message.info
-        if details.status not in FINAL:
-            self.notify(
-                f"{details.run_id} is {details.status}: stop it (x) before deleting it.",
-                severity="error",
-                markup=False,
-            )
+        if details.status not in FINAL:  # it started again since the key was pressed
+            self._refuse_live(details.run_id, details.status)
             return
 
         def confirmed(yes: bool | None) -> None:
