@@ -302,19 +302,21 @@ def _streaming_classes() -> tuple[type, type]:
             self.first_token_at = self.first_token_at or now
             self.last_token_at = now
             self.ids.extend(ids)
-            before = self._decode(self.ids[self.window_start : self.shown])
-            after = self._decode(self.ids[self.window_start :])
-            if len(after) > len(before) and not after.endswith("\ufffd"):
-                self.window_start, self.shown = self.shown, len(self.ids)
-                self._deliver(after[len(before) :])
+            self._hand_on(final=False)
 
         def end(self) -> None:
-            before = self._decode(self.ids[self.window_start : self.shown])
-            rest = self._decode(self.ids[self.window_start :])[len(before) :]
-            self.window_start = self.shown = len(self.ids)
-            if rest:
-                self._deliver(rest)
+            self._hand_on(final=True)
             self.text_queue.put(self.stop_signal)
+
+        def _hand_on(self, final: bool) -> None:
+            """Deliver the text the tokens since `shown` add (held while it ends inside a
+            character, unless this is the end)."""
+            before = self._decode(self.ids[self.window_start : self.shown])
+            after = self._decode(self.ids[self.window_start :])
+            if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+                return
+            self.window_start, self.shown = self.shown, len(self.ids)
+            self._deliver(after[len(before) :])
 
     class StopOnEvent(StoppingCriteria):  # type: ignore[misc]
         """Done once the event is set. Called every step: it answers with one of two tensors
