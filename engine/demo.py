@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.errors import FtuiError
 from engine.paths import ftui_home
 from engine.runspec import Hyper, RunSpec
 from engine.training_config import TrainingConfig
@@ -45,6 +46,11 @@ DEMO_STEPS = 300
 
 
 def demo_spec(*, max_steps: int = DEMO_STEPS) -> RunSpec:
+    if max_steps < 1:
+        raise FtuiError(
+            f"the demo needs 1 training step or more (got {max_steps})",
+            f"leave --steps out (default {DEMO_STEPS}) or pass e.g. --steps 120",
+        )
     model_dir, data = ensure_demo_assets()
     return RunSpec(
         model="ftui-tiny",

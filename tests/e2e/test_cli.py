@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,14 @@ def test_a_bad_simulate_spec_is_one_clear_error(cli_env: dict[str, str]) -> None
 def test_models_lists_the_profiles(cli_env: dict[str, str]) -> None:
     data = json.loads(run(["models", "--json"], cli_env).stdout)
     assert any(m["id"] == "llama-3.1-8b" for m in data)
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_demo_refuses_a_step_count_below_one(
+    cli_env: dict[str, str], isolated_home: Path, steps: str
+) -> None:
+    out = run(["demo", "--headless", "--steps", steps], cli_env)
+    assert out.returncode == 2
+    assert "1 training step or more" in out.stderr and "--steps 120" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (isolated_home / "runs").exists()  # nothing was launched
