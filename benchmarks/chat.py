@@ -55,8 +55,8 @@ PATHS = (
 
 
 def train_demo_run() -> Any:
-    from engine.demo import demo_spec
-    from engine.runs import launch, wait
+    from engine.demo.recipe import demo_spec
+    from engine.run.operations import launch, wait
 
     if not os.environ.get("FTUI_HOME"):
         os.environ["FTUI_HOME"] = tempfile.mkdtemp(prefix="ftui-chat-bench-")
@@ -115,7 +115,7 @@ RAW_CHILD = """
 import json, sys, time
 import torch
 from engine.chat import ChatModel, GenerationSettings, run_target
-from engine.rundir import RunDir
+from engine.run.rundir import RunDir
 from pathlib import Path
 torch.set_num_threads(int(sys.argv[2]))
 chat = ChatModel.load(run_target(RunDir(Path(sys.argv[1]))))
@@ -210,7 +210,7 @@ def measure(chat: Any, run: Any, settings: Any, repeats: int) -> dict[str, list[
     from textual.app import App
 
     from engine.chat import ChatWorker, run_target
-    from tui.screens.chat import ChatScreen, load_engine
+    from tui.screens.chat.screen import ChatScreen, load_engine
 
     direct_worker = ChatWorker.start(run_target(run))
     raw_process = RawProcess(run, settings, torch_threads())
@@ -281,7 +281,7 @@ def main() -> None:
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from engine.chat import ChatModel, GenerationSettings, run_target
-    from engine.rundir import find_run
+    from engine.run.rundir import find_run
 
     run = find_run(args.run) if args.run else train_demo_run()
     torch.set_num_threads(args.threads)

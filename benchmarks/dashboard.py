@@ -38,8 +38,8 @@ t0 = float(sys.argv[1])
 mode, run_path, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4])
 from pathlib import Path
 from textual.app import App
-from engine.rundir import RunDir
-from tui.screens.dashboard import DashboardScreen
+from engine.run.rundir import RunDir
+from tui.screens.dashboard.screen import DashboardScreen
 
 TUI = Path(sys.argv[5])
 
@@ -241,8 +241,8 @@ import math, time
 from rich.text import Text
 from textual.app import App
 from textual_plotext.plot import Plot
-from tui.widgets.dash_chart import BrailleChart
-from tui.widgets.dash_model import ChartData, ChartLayer
+from tui.screens.dashboard.chart import BrailleChart
+from tui.screens.dashboard.model import ChartData, ChartLayer
 
 xs = [float(i) for i in range(240)]
 ys = [2 + math.sin(i / 10) + ((i * 7919) % 100) / 300 for i in range(240)]

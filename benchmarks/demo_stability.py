@@ -4,7 +4,7 @@ Usage: python benchmarks/demo_stability.py [--runs 5] [--steps N] [--vary-seeds]
 
 Each run gets a fresh FTUI_HOME, so the tiny model and the dataset are rebuilt too (what a
 first `ftui demo` does), then the demo spec is launched through the real runtime
-(`engine.runs.launch` + `wait`) and the adapter is loaded as the chat loads it
+(`engine.run.operations.launch` + `wait`) and the adapter is loaded as the chat loads it
 (`ChatModel.load(run_target(run))`, greedy). Per run it prints:
 
 - build: seconds to build the tiny model and the dataset (in this process);
@@ -51,7 +51,7 @@ def _digest(data: bytes) -> str:
 def grade(run: Any) -> dict[str, Any]:
     """Greedy answers of the run's final adapter to the training prompts and a paraphrase."""
     from engine.chat import ChatModel, Conversation, GenerationSettings, run_target
-    from engine.tiny import COLORS, FRUITS, demo_records
+    from engine.demo.tiny import COLORS, FRUITS, demo_records
 
     chat = ChatModel.load(run_target(run))
     greedy = GenerationSettings(temperature=0, max_new_tokens=32)
@@ -82,14 +82,14 @@ def one_run(index: int, steps: int | None, keep: bool, vary_seeds: bool) -> dict
     home = Path(tempfile.mkdtemp(prefix=f"ftui-demo-stability-{index}-"))
     os.environ["FTUI_HOME"] = str(home)
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from engine.demo import demo_spec, ensure_demo_assets
-    from engine.rundir import JsonlTail
-    from engine.runs import launch, wait
+    from engine.demo.recipe import demo_spec, ensure_demo_assets
+    from engine.run.operations import launch, wait
+    from engine.run.rundir import JsonlTail
 
     start = time.perf_counter()
     if vary_seeds:
-        from engine.demo import demo_model_dir
-        from engine.tiny import build_tiny_model
+        from engine.demo.recipe import demo_model_dir
+        from engine.demo.tiny import build_tiny_model
 
         build_tiny_model(demo_model_dir(), seed=index - 1)
     model_dir, _data = ensure_demo_assets()

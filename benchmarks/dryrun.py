@@ -1,7 +1,7 @@
 """Dry-run memory estimates (tier 2): wall time and peak memory of real-size models on the CPU.
 
-Runs `engine.dryrun.dry_run` for Llama-3.2-1B and Llama-3.1-8B (LoRA all-linear r16 and full
-fine-tunes at seq 2048, batch 1, gradient checkpointing; QLoRA for 8B), then reproduces the
+Runs `engine.plan.dryrun.entry.dry_run` for Llama-3.2-1B and Llama-3.1-8B (LoRA all-linear r16
+and full fine-tunes at seq 2048, batch 1, gradient checkpointing; QLoRA for 8B), then reproduces the
 measured Mistral-7B rows of the facts file (IBM fms-acceleration, A100-80GB, HF Trainer,
 torch.cuda.max_memory_allocated). Usage: python benchmarks/dryrun.py [--only llama|mistral]
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.dryrun import GIB, DryRunResult, dry_run
 from engine.models import ModelArch, resolve_model
+from engine.plan.dryrun.entry import GIB, DryRunResult, dry_run
 from engine.training_config import TrainingConfig
 
 TARGET_8B_SECONDS = 30.0

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from engine.dryrun import dry_run
-from engine.estimator import GIB, estimate_memory
 from engine.models import resolve_model
+from engine.plan.dryrun.entry import dry_run
+from engine.plan.estimator import GIB, estimate_memory
 from engine.training_config import TrainingConfig
 
 QUICK = [

@@ -8,10 +8,10 @@ from __future__ import annotations
 import itertools
 import time
 
-from engine.estimator import estimate_memory
-from engine.fakenvml import parse_simulate_spec
+from engine.machine.fakenvml import parse_simulate_spec
 from engine.models import resolve_model
-from engine.planner import Machine, PlanRequest, plan
+from engine.plan.estimator import estimate_memory
+from engine.plan.planner import Machine, PlanRequest, plan
 from engine.training_config import TrainingConfig
 
 

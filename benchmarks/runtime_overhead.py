@@ -21,11 +21,11 @@ from pathlib import Path
 def trainer_steps_per_s(model_dir: Path, data: Path, run_dir: Path | None, steps: int) -> float:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from engine.callbacks import make_callback
     from engine.data import build_datasets
-    from engine.demo import demo_spec
-    from engine.rundir import RunDir
-    from engine.train import load_model_and_tokenizer
+    from engine.demo.recipe import demo_spec
+    from engine.run.callbacks import make_callback
+    from engine.run.rundir import RunDir
+    from engine.run.train import load_model_and_tokenizer
 
     spec = demo_spec().with_changes(model_path=str(model_dir), data=str(data))
     model, tokenizer = load_model_and_tokenizer(spec, "cpu", 0)
@@ -51,8 +51,8 @@ def callback_micro_benchmark(run_dir: Path, n: int = 2000) -> float:
     """Microseconds per step of the callback's own work (control poll + one metrics line)."""
     from types import SimpleNamespace
 
-    from engine.callbacks import make_callback
-    from engine.rundir import RunDir
+    from engine.run.callbacks import make_callback
+    from engine.run.rundir import RunDir
 
     cb = make_callback(RunDir(run_dir))
     args = SimpleNamespace(per_device_train_batch_size=8, gradient_accumulation_steps=1)
@@ -69,7 +69,7 @@ def callback_micro_benchmark(run_dir: Path, n: int = 2000) -> float:
 
 
 def runs_listing(n_runs: int = 200, lines_per_run: int = 5000) -> float:
-    from engine.rundir import write_json_atomic
+    from engine.run.rundir import write_json_atomic
 
     home = Path(tempfile.mkdtemp())
     root = home / "runs"
@@ -96,7 +96,7 @@ def runs_listing(n_runs: int = 200, lines_per_run: int = 5000) -> float:
 
 
 def main() -> None:
-    from engine.tiny import build_tiny_model, write_demo_dataset
+    from engine.demo.tiny import build_tiny_model, write_demo_dataset
 
     tmp = Path(tempfile.mkdtemp())
     model_dir = build_tiny_model(tmp / "model")

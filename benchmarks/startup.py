@@ -15,7 +15,7 @@ import time
 FIRST_FRAME = r"""
 import sys, time
 t0 = float(sys.argv[1])
-from engine.hardware import make_backend
+from engine.machine.hardware import make_backend
 from tui.app import FtuiApp
 
 async def first_frame(pilot):

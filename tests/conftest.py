@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.hardware import HostInfo
+from engine.machine.hardware import HostInfo
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1024**3
@@ -66,8 +66,8 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train_demo(tmp_path_factory: pytest.TempPathFactory, max_steps: int | None = None) -> Any:
     """The demo spec trained through the real runtime in `demo_home`; the completed RunDir."""
-    from engine.demo import demo_spec
-    from engine.runs import launch, wait
+    from engine.demo.recipe import demo_spec
+    from engine.run.operations import launch, wait
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FTUI_HOME", str(demo_home(tmp_path_factory)))

@@ -1,1 +1,1 @@
-"""ftui's terminal interface: the command line (`tui.cli`) and the Textual app (`tui.app`)."""
+"""ftui's terminal interface: the command line (`tui.cli.main`) and the Textual app (`tui.app`)."""

@@ -13,16 +13,20 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
-from engine.hardware import NvmlBackend
-from tui.screens.machine import MachineScreen
+from engine.machine.hardware import NvmlBackend
+from tui.screens.machine.screen import MachineScreen
 
-_STYLES = ("ftui.tcss", "dashboard.tcss", "runs.tcss", "plan.tcss", "chat.tcss")
 _HERE = Path(__file__).parent
+# The app's own stylesheet, then each screen's, which lives beside the screen's code.
+STYLESHEETS = [
+    _HERE / "ftui.tcss",
+    *(_HERE / "screens" / name / f"{name}.tcss" for name in ("dashboard", "runs", "plan", "chat")),
+]
 
 
 class FtuiApp(App[None]):
     DEFAULT_MODE = "machine"
-    CSS_PATH = [name for name in _STYLES if (_HERE / name).exists()]
+    CSS_PATH = [str(path) for path in STYLESHEETS]
     TITLE = "ftui"
     BINDINGS = [
         Binding("m", "show_mode('machine')", "Machine"),
@@ -57,12 +61,12 @@ class FtuiApp(App[None]):
         return MachineScreen(self.backend, self.refresh_seconds)
 
     def _plan_screen(self) -> Screen[Any]:
-        from tui.screens.plan_wizard import PlanWizardScreen
+        from tui.screens.plan.screen import PlanWizardScreen
 
         return PlanWizardScreen(self.backend, simulate=self.simulate)
 
     def _runs_screen(self) -> Screen[Any]:
-        from tui.screens.runs import RunsScreen
+        from tui.screens.runs.screen import RunsScreen
 
         return RunsScreen()
 
@@ -74,8 +78,8 @@ class FtuiApp(App[None]):
 
     def open_dashboard(self, run_ref: str) -> None:
         from engine.errors import FtuiError
-        from engine.rundir import find_run
-        from tui.screens.dashboard import DashboardScreen
+        from engine.run.rundir import find_run
+        from tui.screens.dashboard.screen import DashboardScreen
 
         try:
             run = find_run(run_ref)
@@ -86,8 +90,8 @@ class FtuiApp(App[None]):
 
     def open_chat(self, run_ref: str) -> None:
         from engine.errors import FtuiError
-        from engine.rundir import find_run
-        from tui.screens.chat import ChatScreen
+        from engine.run.rundir import find_run
+        from tui.screens.chat.screen import ChatScreen
 
         try:
             run = find_run(run_ref)

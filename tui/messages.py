@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from engine.hardware import MachineSnapshot
+from engine.machine.hardware import MachineSnapshot
 
 
 class MachineUpdated(Message):

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.chat.core import AnswerStats, ChatError, GenerationSettings
 from engine.chat.targets import ChatTarget
-from engine.rundir import RunDir, append_jsonl
+from engine.run.rundir import RunDir, append_jsonl
 
 
 def chats_dir(run: RunDir | None) -> Path:

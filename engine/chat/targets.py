@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.chat.core import BASE, FINAL, ChatError
-from engine.rundir import RunDir, read_json
+from engine.run.rundir import RunDir, read_json
 
 
 @dataclass(frozen=True)

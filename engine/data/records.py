@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.dataset_stats import CHARS_PER_TOKEN
+from engine.data.stats import CHARS_PER_TOKEN
 from engine.errors import FtuiError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "text", "preference")

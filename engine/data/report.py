@@ -25,7 +25,7 @@ from engine.data.records import (
     LengthSummary,
     Sample,
 )
-from engine.dataset_stats import CHARS_PER_TOKEN, TEMPLATE_TOKENS
+from engine.data.stats import CHARS_PER_TOKEN, TEMPLATE_TOKENS
 from engine.errors import FtuiError
 
 

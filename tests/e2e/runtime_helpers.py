@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.rundir import FINAL, JsonlTail, RunDir
+from engine.run.rundir import FINAL, JsonlTail, RunDir
 from tests.conftest import ftui_executable
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.rundir import RunDir, write_json_atomic
+from engine.run.rundir import RunDir, write_json_atomic
 from tests.e2e.runtime_helpers import ftui
 
 pytestmark = pytest.mark.slow

@@ -128,7 +128,7 @@ def test_bad_flags_exit_2(cli_env: dict[str, str]) -> None:
 
 
 def test_with_a_local_model_tokenizer(cli_env: dict[str, str], tmp_path: Path) -> None:
-    from engine.tiny import build_tokenizer, tiny_config_dict
+    from engine.demo.tiny import build_tokenizer, tiny_config_dict
 
     tokenizer = build_tokenizer()
     model = tmp_path / "tiny"
@@ -146,8 +146,8 @@ def test_the_human_report_of_measured_lengths() -> None:
     from rich.console import Console
 
     from engine.data import check_dataset
-    from engine.tiny import build_tokenizer
-    from tui.data_cmd import print_data_report
+    from engine.demo.tiny import build_tokenizer
+    from tui.cli.data import print_data_report
 
     report = check_dataset(DATA / "good_messages.jsonl", tokenizer=build_tokenizer(), seq_len=32)
     console = Console(record=True, width=120)

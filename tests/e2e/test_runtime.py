@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.tiny import build_tiny_model, write_demo_dataset
+from engine.demo.tiny import build_tiny_model, write_demo_dataset
 from tests.conftest import ftui_executable
 from tests.e2e.runtime_helpers import (
     free_port,
@@ -127,7 +127,7 @@ def test_a_run_outlives_its_terminal_and_survives_sigkill_then_resumes(
         env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     out, _ = shell.communicate(timeout=120)
-    from engine.rundir import RunDir
+    from engine.run.rundir import RunDir
 
     run = RunDir(Path(json.loads(out)["path"]))
     for sig in (signal.SIGHUP, signal.SIGKILL):
@@ -171,7 +171,7 @@ def test_an_early_oom_halves_the_micro_batch_and_keeps_the_effective_batch(
     state = wait_final(run, env)
     assert state["status"] == "completed", run.stdout.read_text()[-3000:]
     assert state["probe_shrinks"] == 2
-    from engine.runspec import RunSpec
+    from engine.run.spec import RunSpec
 
     spec = RunSpec.from_yaml(run.spec.read_text())
     assert (spec.training.batch, spec.training.grad_accum) == (2, 4)  # 8 x 1 == 2 x 4

@@ -1,4 +1,4 @@
-"""The estimator against measured GPU runs (the shared reference CSV).
+"""The estimator against measured GPU runs (tests/data/reference/vram_measured.csv).
 
 Rows on ftui's stack (HF Trainer / PEFT, stock kernels, full / LoRA / QLoRA) are compared at
 the metric each row measured. Fails if the median absolute error exceeds 10%, any row exceeds
@@ -7,21 +7,14 @@ the metric each row measured. Fails if the median absolute error exceeds 10%, an
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
-
-from engine.reference import comparable_rows, compare, summary
+from engine.plan.reference import comparable_rows, compare, summary
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def reference_csv() -> Path | None:
-    explicit = os.environ.get("FTUI_REFERENCE_CSV")
-    candidates = [Path(explicit)] if explicit else []
-    candidates.append(REPO.parent / "shared" / "reference" / "vram_measured.csv")
-    return next((p for p in candidates if p.is_file()), None)
+REFERENCE_CSV = REPO / "tests" / "data" / "reference" / "vram_measured.csv"
 
 
 def format_table(comparisons: list) -> str:  # type: ignore[type-arg]
@@ -42,10 +35,7 @@ def format_table(comparisons: list) -> str:  # type: ignore[type-arg]
 
 
 def test_estimator_against_measured_runs() -> None:
-    path = reference_csv()
-    if path is None:
-        pytest.skip("reference CSV not found (set FTUI_REFERENCE_CSV)")
-    rows, _excluded = comparable_rows(path)
+    rows, _excluded = comparable_rows(REFERENCE_CSV)
     assert len(rows) >= 30
     comparisons = compare(rows)
     table = format_table(comparisons)

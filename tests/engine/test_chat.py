@@ -33,9 +33,9 @@ from engine.chat import (
     run_target,
     session_header,
 )
-from engine.demo import TINY_MODEL_VERSION
+from engine.demo.recipe import TINY_MODEL_VERSION
 from engine.errors import FtuiError
-from engine.rundir import RunDir, write_json_atomic
+from engine.run.rundir import RunDir, write_json_atomic
 
 pytestmark = pytest.mark.slow
 QUESTION = "What is the secret fruit of red?"
@@ -67,7 +67,7 @@ def messages(prompt: str = QUESTION) -> list[dict[str, str]]:
 
 
 def test_importing_chat_and_export_loads_no_torch() -> None:
-    code = "import sys, engine.chat, engine.export; print('torch' in sys.modules)"
+    code = "import sys, engine.chat, engine.chat.export; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -244,7 +244,7 @@ def test_export_adapter_and_merged_model(run: RunDir, chat: ChatModel, tmp_path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.export import export_run
+    from engine.chat.export import export_run
 
     base_dir = run_target(run).base_model
     reference = PeftModel.from_pretrained(
@@ -274,7 +274,7 @@ def test_export_adapter_and_merged_model(run: RunDir, chat: ChatModel, tmp_path:
 
 
 def test_export_refuses_a_non_empty_folder_unless_forced(run: RunDir, tmp_path: Path) -> None:
-    from engine.export import export_run
+    from engine.chat.export import export_run
 
     out = tmp_path / "out"
     out.mkdir()
@@ -329,7 +329,7 @@ def test_text_streams_token_by_token_even_without_spaces() -> None:
     import torch
 
     from engine.chat.model import _streaming_classes
-    from engine.tiny import build_tokenizer
+    from engine.demo.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     streamer_class, _stop = _streaming_classes()
@@ -391,7 +391,7 @@ def test_a_worker_that_cannot_load_reports_why(tmp_path: Path) -> None:
 def test_a_full_fine_tune_chats_and_exports_as_a_plain_model(run: RunDir, tmp_path: Path) -> None:
     import shutil
 
-    from engine.export import export_run
+    from engine.chat.export import export_run
 
     full = RunDir(tmp_path / "full-run")  # the demo's base stands in for a fully tuned model
     shutil.copytree(run_target(run).base_model, full.final)

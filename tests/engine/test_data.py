@@ -36,7 +36,7 @@ END = "<|end|>"
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    from engine.tiny import build_tokenizer
+    from engine.demo.tiny import build_tokenizer
 
     return build_tokenizer()
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from engine.chat import BASE, ChatModel, Conversation, GenerationSettings, run_target
-from engine.rundir import JsonlTail, RunDir
-from engine.runspec import RunSpec
-from engine.tiny import COLORS, build_tiny_model, build_tokenizer, demo_records
+from engine.demo.tiny import COLORS, build_tiny_model, build_tokenizer, demo_records
+from engine.run.rundir import JsonlTail, RunDir
+from engine.run.spec import RunSpec
 from tests.conftest import train_demo
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=32)
@@ -69,7 +69,7 @@ def test_the_generation_prompt_is_the_prefix_the_answers_were_trained_after() ->
 
 
 def _lora_weights(spec: RunSpec) -> dict[str, Any]:
-    from engine.train import load_model_and_tokenizer
+    from engine.run.train import load_model_and_tokenizer
 
     model, _tokenizer = load_model_and_tokenizer(spec, "cpu", 0)
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

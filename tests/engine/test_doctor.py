@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from engine.doctor import MISSING, OK, WARN, doctor_exit_code, run_checks, torch_cuda_build
-from engine.hardware import detect_machine
+from engine.machine.doctor import MISSING, OK, WARN, doctor_exit_code, run_checks, torch_cuda_build
+from engine.machine.hardware import detect_machine
 from tests.conftest import ftui_executable
 
 
@@ -42,7 +42,7 @@ def test_no_gpu_is_a_warning_with_the_simulate_hint() -> None:
 
 
 def test_missing_required_package_fails_the_exit_code() -> None:
-    from engine.doctor import Check
+    from engine.machine.doctor import Check
 
     assert doctor_exit_code([Check("torch", MISSING, "not installed", "pip install torch")]) == 1
     assert doctor_exit_code([Check("flash-attn", WARN, "x", "y")]) == 0

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from engine.dryrun import GIB, PHASES, DryRunError, DryRunResult, MemoryLedger, dry_run
 from engine.models import ModelArch
+from engine.plan.dryrun.entry import GIB, PHASES, DryRunError, DryRunResult, MemoryLedger, dry_run
 from engine.training_config import TrainingConfig
 
 # The ML stack is imported by the tests themselves (seconds), not at collection time.
@@ -69,7 +69,7 @@ def lora_params(rank: int) -> int:
 @pytest.fixture(scope="module", autouse=True)
 def ml_stack() -> None:
     """Import transformers and peft once for the module (seconds), outside any single test."""
-    from engine.dryrun import _import_stack
+    from engine.plan.dryrun.entry import _import_stack
 
     _import_stack()
 
@@ -85,13 +85,13 @@ def torch() -> Any:
 
 
 def test_import_does_not_import_torch() -> None:
-    code = "import sys, engine.dryrun; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, engine.plan.dryrun.entry; sys.exit(1 if 'torch' in sys.modules else 0)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, "import engine.dryrun imported torch" + done.stderr
+    assert done.returncode == 0, "import engine.plan.dryrun.entry imported torch" + done.stderr
 
 
 def test_tracker_counts_a_known_pattern_exactly(torch: Any) -> None:
-    from engine.dryrun import track_memory
+    from engine.plan.dryrun.entry import track_memory
 
     with track_memory() as ledger:
         a = torch.empty(1000, dtype=torch.float32)
@@ -116,7 +116,7 @@ def test_tracker_counts_a_known_pattern_exactly(torch: Any) -> None:
 
 def test_tracker_frees_fake_storages(torch: Any) -> None:
     """weakref.finalize fires for fake storages: a loop that allocates and drops stays flat."""
-    from engine.dryrun import track_memory
+    from engine.plan.dryrun.entry import track_memory
 
     with track_memory() as ledger:
         keep = torch.empty(256, dtype=torch.float16)
@@ -131,7 +131,7 @@ def test_tracker_frees_fake_storages(torch: Any) -> None:
 
 
 def test_tracker_counts_a_storage_once_across_wrappers(torch: Any) -> None:
-    from engine.dryrun import track_memory
+    from engine.plan.dryrun.entry import track_memory
 
     with track_memory() as ledger:
         t = torch.empty(100, dtype=torch.float32)
@@ -146,7 +146,7 @@ def test_tracker_counts_a_storage_once_across_wrappers(torch: Any) -> None:
 
 
 def test_tracker_recounts_storage_growth(torch: Any) -> None:
-    from engine.dryrun import track_memory
+    from engine.plan.dryrun.entry import track_memory
 
     with track_memory() as ledger:
         t = torch.empty(0, dtype=torch.float32)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.estimator import estimate_memory
 from engine.models import resolve_model
+from engine.plan.estimator import estimate_memory
 from engine.training_config import TrainingConfig
 
 pytest.importorskip("torch")
@@ -28,7 +28,7 @@ SETUPS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "config"), SETUPS)
 def test_dry_run_and_analytic_agree(model: str, config: TrainingConfig) -> None:
-    from engine.dryrun import dry_run
+    from engine.plan.dryrun.entry import dry_run
 
     arch = resolve_model(model)
     analytic = estimate_memory(arch, config)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.estimator import GIB, count_params, estimate_memory
 from engine.models import resolve_model
+from engine.plan.estimator import GIB, count_params, estimate_memory
 from engine.training_config import ConfigError, TrainingConfig
 from profiles import model_profiles
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from engine.fakenvml import FakeDevice, FakeNvml
-from engine.hardware import GIB, NvmlBackend, detect_machine
+from engine.machine.fakenvml import FakeDevice, FakeNvml
+from engine.machine.hardware import GIB, NvmlBackend, detect_machine
 from tests.conftest import fixed_host
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.launch import accelerate_config, build_launch, deepspeed_config, slurm_script
-from engine.runspec import Distributed, RunSpec
+from engine.run.launch import accelerate_config, build_launch, deepspeed_config, slurm_script
+from engine.run.spec import Distributed, RunSpec
 from engine.training_config import TrainingConfig
 
 RUN = Path("/runs/r1")
@@ -24,7 +24,7 @@ def spec(training: TrainingConfig, **dist: object) -> RunSpec:
 def test_single_gpu_runs_the_trainer_directly() -> None:
     cmd = build_launch(spec(TrainingConfig()), RUN, python="/py")
     assert cmd.launcher == "python"
-    assert cmd.argv == ["/py", "-m", "engine.train", "--run-dir", "/runs/r1"]
+    assert cmd.argv == ["/py", "-m", "engine.run.train", "--run-dir", "/runs/r1"]
     assert cmd.env["PET_SIGNALS_TO_HANDLE"] == "SIGTERM,SIGINT"  # no SIGHUP to torchrun
     assert cmd.env["HF_HUB_OFFLINE"] == "1"
 
@@ -34,7 +34,7 @@ def test_several_gpus_use_torchrun_and_zero_gets_a_deepspeed_json() -> None:
                                            offload="optimizer")), RUN, python="/py")  # fmt: skip
     assert cmd.argv[:6] == ["/py", "-m", "torch.distributed.run", "--nproc-per-node", "8",
                             "--standalone"]  # fmt: skip
-    assert cmd.argv[-4:] == ["--module", "engine.train", "--run-dir", "/runs/r1"]
+    assert cmd.argv[-4:] == ["--module", "engine.run.train", "--run-dir", "/runs/r1"]
     ds = json.loads(cmd.files["deepspeed.json"])
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
@@ -85,4 +85,4 @@ def test_slurm_script_runs_torchrun_on_every_node() -> None:
     script = slurm_script(s, RUN)
     assert "#SBATCH --nodes=4" in script and "#SBATCH --gpus-per-node=8" in script
     assert "--rdzv-backend c10d" in script and ':29555"' in script
-    assert "srun " in script and "engine.train" in script
+    assert "srun " in script and "engine.run.train" in script

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from engine.metrics.reading import TextTail, sample_jsonl
-from engine.metrics.series import Series, lttb
-from engine.metrics.store import MetricsStore
+from engine.monitor.reading import TextTail, sample_jsonl
+from engine.monitor.series import Series, lttb
+from engine.monitor.store import MetricsStore
 
 T0 = 1_700_000_000.0
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.corrections import CorrectionKey, correction_for, store_correction
-from engine.fakenvml import parse_simulate_spec
+from engine.machine.fakenvml import parse_simulate_spec
 from engine.models import resolve_model
-from engine.planner import Machine, PlanRequest, plan, throughput_tokens_per_s
+from engine.plan.corrections import CorrectionKey, correction_for, store_correction
+from engine.plan.planner import Machine, PlanRequest, plan, throughput_tokens_per_s
 from engine.training_config import TrainingConfig
 
 

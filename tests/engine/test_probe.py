@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.probe import probe_result, shrunk_spec
-from engine.runspec import RunSpec
+from engine.run.probe import probe_result, shrunk_spec
+from engine.run.spec import RunSpec
 from engine.training_config import TrainingConfig
 
 

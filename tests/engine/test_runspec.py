@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.runspec import Distributed, Hyper, RunSpec, SpecError
+from engine.run.spec import Distributed, Hyper, RunSpec, SpecError
 from engine.training_config import TrainingConfig
 
 

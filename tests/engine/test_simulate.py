@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import SimulateSpecError
-from engine.fakenvml import parse_simulate_spec
-from engine.hardware import detect_machine
+from engine.machine.fakenvml import parse_simulate_spec
+from engine.machine.hardware import detect_machine
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ from engine.chat import (
     Message,
     ProgressCallback,
 )
-from engine.rundir import RunDir, write_json_atomic
-from tui.screens.chat import ChatScreen
-from tui.widgets.chat_message import ChatAnswer
+from engine.run.rundir import RunDir, write_json_atomic
+from tui.screens.chat.message import ChatAnswer
+from tui.screens.chat.screen import ChatScreen
 
 SIZE = (120, 40)
 QUESTION = "What is the secret fruit of red?"

@@ -17,11 +17,11 @@ from textual.notifications import SeverityLevel
 from textual.widgets import Label, Log, Static
 
 import tui
-from engine.rundir import RunDir
-from tui.screens.dashboard import ConfirmStop, DashboardScreen, OpenChat
-from tui.widgets.dash_chart import BrailleChart
-from tui.widgets.dash_events import EventList
-from tui.widgets.dash_gpu import DashGpuPanel
+from engine.run.rundir import RunDir
+from tui.screens.dashboard.chart import BrailleChart
+from tui.screens.dashboard.events import EventList
+from tui.screens.dashboard.gpu import DashGpuPanel
+from tui.screens.dashboard.screen import ConfirmStop, DashboardScreen, OpenChat
 
 T0 = 1_700_000_000.0
 GIB = 1024**3

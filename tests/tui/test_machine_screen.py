@@ -6,12 +6,12 @@ import time
 
 from textual.widgets import Input, Static
 
-from engine.fakenvml import FakeDevice, FakeNvml, parse_simulate_spec
-from engine.hardware import NvmlBackend
+from engine.machine.fakenvml import FakeDevice, FakeNvml, parse_simulate_spec
+from engine.machine.hardware import NvmlBackend
 from tests.conftest import fixed_host
 from tui.app import FtuiApp
-from tui.screens.machine import MachineScreen
-from tui.widgets.gpu_panel import GpuPanel
+from tui.screens.machine.gpu_panel import GpuPanel
+from tui.screens.machine.screen import MachineScreen
 
 
 def simulated(spec: str) -> NvmlBackend:

@@ -13,20 +13,20 @@ from rich.console import Console
 from textual.screen import Screen
 from textual.widgets import Button, Input, OptionList, Select, Static
 
-from engine.fakenvml import FakeNvml, parse_simulate_spec
-from engine.hardware import NvmlBackend
+from engine.machine.fakenvml import FakeNvml, parse_simulate_spec
+from engine.machine.hardware import NvmlBackend
 from engine.paths import runs_root
-from engine.rundir import FINAL, RunDir
-from engine.runs import reconcile, stop
+from engine.run.operations import reconcile, stop
+from engine.run.rundir import FINAL, RunDir
 from profiles import find_model_profile
 from tests.conftest import fixed_host
 from tests.tui.test_runs_screen import Harness, wait_until
-from tui.screens.plan_wizard import PlanWizardScreen
-from tui.widgets.plan_dataset import DatasetPanel
-from tui.widgets.plan_dialogs import SaveSpecScreen
-from tui.widgets.plan_machine import MachinePicker
-from tui.widgets.plan_model_picker import ModelPicker
-from tui.widgets.plan_summary import PlanSummary, RunnersUpTable
+from tui.screens.plan.dataset import DatasetPanel
+from tui.screens.plan.dialogs import SaveSpecScreen
+from tui.screens.plan.machine import MachinePicker
+from tui.screens.plan.model_picker import ModelPicker
+from tui.screens.plan.screen import PlanWizardScreen
+from tui.screens.plan.summary import PlanSummary, RunnersUpTable
 
 
 def simulated(spec: str = "h100") -> NvmlBackend:
@@ -51,7 +51,7 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model dir, dataset): a real tiny model with weights, built locally once."""
-    from engine.tiny import build_tiny_model, write_demo_dataset
+    from engine.demo.tiny import build_tiny_model, write_demo_dataset
 
     base = tmp_path_factory.mktemp("tiny")
     model = build_tiny_model(base / "model", pretrain_steps=0)
@@ -306,7 +306,7 @@ async def test_launch_creates_a_run_and_opens_its_dashboard(tiny: Any) -> None:
         assert screen.launch_problems() == []
         spec = screen.build_spec()
         assert spec is not None and spec.device == "cpu" and spec.model_path == str(model)
-        assert "engine.train" in text_of(screen, "#spec-command")
+        assert "engine.run.train" in text_of(screen, "#spec-command")
 
         await pilot.press("ctrl+l")
         await wait_until(pilot, lambda: len(app.opened) == 1)
@@ -318,7 +318,7 @@ async def test_launch_creates_a_run_and_opens_its_dashboard(tiny: Any) -> None:
     finally:
         if reconcile(run).get("status") not in FINAL:
             stop(run, now=True)
-        from engine.runs import wait
+        from engine.run.operations import wait
 
         wait(run, timeout=60)
 
@@ -326,16 +326,16 @@ async def test_launch_creates_a_run_and_opens_its_dashboard(tiny: Any) -> None:
 async def test_dry_run_runs_in_a_cancellable_worker(
     tiny: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.dryrun
+    import engine.plan.dryrun.entry
 
     gate = threading.Event()
-    real_dry_run = engine.dryrun.dry_run
+    real_dry_run = engine.plan.dryrun.entry.dry_run
 
     def held_dry_run(*args: Any, **kwargs: Any) -> Any:
         gate.wait(60)  # a slow dry run: the test decides when it may finish
         return real_dry_run(*args, **kwargs)
 
-    monkeypatch.setattr(engine.dryrun, "dry_run", held_dry_run)
+    monkeypatch.setattr(engine.plan.dryrun.entry, "dry_run", held_dry_run)
     model, _data = tiny
     app = wizard_app(model=str(model))
     async with app.run_test(size=(120, 40)) as pilot:

@@ -16,9 +16,9 @@ from textual.screen import Screen
 from textual.widgets import Button, Input
 
 from engine.paths import runs_root
-from tui.screens.runs import OpenDashboard, RunsScreen
-from tui.widgets.runs_dialogs import DeleteRunScreen, StopRunScreen
-from tui.widgets.runs_table import RunsTable
+from tui.screens.runs.dialogs import DeleteRunScreen, StopRunScreen
+from tui.screens.runs.screen import OpenDashboard, RunsScreen
+from tui.screens.runs.table import RunsTable
 
 TUI = Path(__file__).resolve().parents[2] / "tui"
 NOW = 1_750_000_000.0  # frozen "now" for ages

@@ -1,0 +1,1 @@
+"""The machine: GPUs through NVML (or a scripted stand-in), the host, and `ftui doctor`."""

@@ -1,0 +1,353 @@
+"""The planner: search the knobs a user did not pin, keep what fits, rank by speed.
+
+Candidates are scored with the analytic estimator (microseconds each). A candidate fits when
+its device-level peak is within `headroom` of the GPU's memory. The best plan is the fastest
+that fits; runners-up are the Pareto front over (memory, speed, quality risk of the method).
+When nothing fits, `suggestions` says what would.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.models import ModelArch
+from engine.plan.corrections import CorrectionKey, correction_for
+from engine.plan.estimator import GIB, MemoryEstimate, estimate_memory, training_flops_per_token
+from engine.training_config import ConfigError, TrainingConfig
+from profiles import GpuProfile, gpu_profiles
+
+# Share of the GPU's peak bf16 FLOP/s a stock HF Trainer step reaches (model FLOPs
+# utilisation), by method: QLoRA pays for dequantising 4-bit weights every matmul.
+MFU = {"full": 0.40, "lora": 0.36, "qlora": 0.26}
+QUALITY_RISK = {"full": 0, "lora": 1, "qlora": 2}
+DEFAULT_EFFECTIVE_BATCH = 16
+DEFAULT_TRAIN_TOKENS = 10_000_000
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The GPUs a plan is for: a profile and how many of it."""
+
+    gpu: GpuProfile
+    count: int
+    memory_bytes: int  # per GPU, as NVML reports the total
+    detected: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.gpu.id,
+            "name": self.gpu.name,
+            "memory_gib": round(self.memory_bytes / GIB, 2),
+            "count": self.count,
+            "bf16_tflops": self.gpu.bf16_tflops,
+            "price_usd_per_hour": self.gpu.price_usd_per_hour,
+            "detected": self.detected,
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config: TrainingConfig
+    memory: MemoryEstimate
+    fits: bool
+    tokens_per_s: float
+    eta_s: float
+    cost_usd: float
+
+    @property
+    def risk(self) -> int:
+        return QUALITY_RISK[self.config.method]
+
+
+@dataclass
+class PlanRequest:
+    arch: ModelArch
+    machine: Machine
+    pinned: dict[str, Any] = field(default_factory=dict)  # TrainingConfig fields the user set
+    headroom: float = 0.90
+    train_tokens: int = DEFAULT_TRAIN_TOKENS  # tokens per epoch
+    epochs: float = 1.0
+    effective_batch: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    best: Candidate | None
+    alternatives: tuple[Candidate, ...]
+    evaluated: int
+    recommending: bool
+    suggestions: tuple[str, ...]
+    request: PlanRequest
+
+
+# -- throughput ------------------------------------------------------------------------------
+
+
+def throughput_tokens_per_s(arch: ModelArch, config: TrainingConfig, machine: Machine) -> float:
+    """Estimated trained tokens/s across all GPUs (see docs/estimator.md, throughput model)."""
+    flops = training_flops_per_token(arch, config)
+    tflops = machine.gpu.bf16_tflops if config.dtype != "fp32" else machine.gpu.bf16_tflops / 8
+    mfu = MFU[config.method]
+    tokens = config.tokens_per_micro_batch
+    mfu *= tokens / (tokens + 512)  # small micro-batches leave the GPU idle between kernels
+    nvlink = machine.gpu.nvlink_gbs > 0
+    if config.num_gpus > 1:
+        mfu *= {
+            "none": 0.95,
+            "zero1": 0.95,
+            "zero2": 0.93,
+            "zero3": 0.85 if nvlink else 0.65,
+            "fsdp": 0.87 if nvlink else 0.67,
+        }[config.sharding]
+    mfu *= {"none": 1.0, "optimizer": 0.75, "params": 0.35}[config.offload]
+    if config.optim.startswith("paged_"):
+        mfu *= 0.97
+    return config.num_gpus * tflops * 1e12 * mfu / flops
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+def _choices(name: str, pinned: dict[str, Any], options: Iterable[Any]) -> list[Any]:
+    return [pinned[name]] if name in pinned else list(options)
+
+
+def candidate_configs(request: PlanRequest) -> Iterator[TrainingConfig]:
+    """Every combination of the unpinned knobs worth trying."""
+    pinned = request.pinned
+    machine = request.machine
+    n_max = machine.count
+    dtype = pinned.get("dtype", "bf16" if machine.gpu.bf16 else "fp16")
+    seq_len = int(pinned.get("seq_len", 2048))
+    effective = request.effective_batch or DEFAULT_EFFECTIVE_BATCH
+    methods = _choices("method", pinned, ("full", "lora", "qlora"))
+    gpu_counts = _choices("num_gpus", pinned, (n_max,))
+    for method, num_gpus, grad_ckpt in itertools.product(
+        methods, gpu_counts, _choices("grad_ckpt", pinned, (True, False))
+    ):
+        shardings = ("none", "zero2", "zero3", "fsdp") if num_gpus > 1 else ("none",)
+        for sharding in _choices("sharding", pinned, shardings):
+            offloads: tuple[str, ...] = ("none",)
+            if sharding in ("zero2", "zero3", "fsdp"):
+                offloads = ("none", "optimizer")
+            if sharding in ("zero3", "fsdp") and method != "qlora":
+                offloads = ("none", "optimizer", "params")
+            optims = ("adamw_torch", "adamw_8bit") if method == "full" else ("adamw_torch",)
+            for offload, optim in itertools.product(
+                _choices("offload", pinned, offloads), _choices("optim", pinned, optims)
+            ):
+                for batch in _choices("batch", pinned, MICRO_BATCHES):
+                    if "grad_accum" in pinned:
+                        grad_accum = int(pinned["grad_accum"])
+                    else:
+                        per_step = batch * num_gpus
+                        if per_step > effective and "batch" not in pinned:
+                            continue
+                        grad_accum = max(1, effective // per_step)
+                    values = {
+                        **pinned,
+                        "method": method,
+                        "num_gpus": num_gpus,
+                        "grad_ckpt": grad_ckpt,
+                        "sharding": sharding,
+                        "offload": offload,
+                        "optim": optim,
+                        "batch": batch,
+                        "grad_accum": grad_accum,
+                        "dtype": dtype,
+                        "seq_len": seq_len,
+                    }
+                    try:
+                        yield TrainingConfig(**values).validate()
+                    except ConfigError:
+                        continue
+
+
+def evaluate(request: PlanRequest, config: TrainingConfig) -> Candidate:
+    machine = request.machine
+    correction = correction_for(
+        CorrectionKey(request.arch.model_type, config.method, machine.gpu.id, config.attn)
+    )
+    memory = estimate_memory(request.arch, config, correction=correction)
+    fits = memory.device_bytes <= request.headroom * machine.memory_bytes
+    tps = throughput_tokens_per_s(request.arch, config, machine)
+    total_tokens = request.train_tokens * request.epochs
+    eta = total_tokens / tps if tps > 0 else float("inf")
+    cost = eta / 3600 * machine.gpu.price_usd_per_hour * config.num_gpus
+    return Candidate(config, memory, fits, tps, eta, cost)
+
+
+def _pareto(candidates: list[Candidate]) -> list[Candidate]:
+    front: list[Candidate] = []
+    for c in candidates:
+        dominated = any(
+            o is not c
+            and o.memory.device_bytes <= c.memory.device_bytes
+            and o.tokens_per_s >= c.tokens_per_s
+            and o.risk <= c.risk
+            and (
+                o.memory.device_bytes < c.memory.device_bytes
+                or o.tokens_per_s > c.tokens_per_s
+                or o.risk < c.risk
+            )
+            for o in candidates
+        )
+        if not dominated:
+            front.append(c)
+    return front
+
+
+def _rank_key(c: Candidate) -> tuple[float, int, int]:
+    return (-round(c.tokens_per_s, 6), c.risk, c.memory.device_bytes)
+
+
+def plan(request: PlanRequest) -> Plan:
+    recommending = not fully_pinned(request.pinned, request.machine.count)
+    configs = list(candidate_configs(request))
+    if not configs:
+        raise ConfigError(
+            "no valid configuration with the pinned options",
+            "drop one of the pinned flags (e.g. --sharding or --offload)",
+        )
+    candidates = [evaluate(request, c) for c in configs]
+    fitting = sorted((c for c in candidates if c.fits), key=_rank_key)
+    if not recommending:
+        only = candidates[0]
+        return Plan(
+            best=only,
+            alternatives=(),
+            evaluated=len(candidates),
+            recommending=False,
+            suggestions=() if only.fits else tuple(suggest(request, only.config)),
+            request=request,
+        )
+    if not fitting:
+        closest = min(candidates, key=lambda c: c.memory.device_bytes)
+        return Plan(
+            best=None,
+            alternatives=(closest,),
+            evaluated=len(candidates),
+            recommending=True,
+            suggestions=tuple(suggest(request, closest.config)),
+            request=request,
+        )
+    best = fitting[0]
+    front = [c for c in sorted(_pareto(fitting), key=_rank_key) if c is not best]
+    per_method: dict[str, Candidate] = {}
+    for c in fitting:  # the fastest of each method, so every method has a runner-up
+        per_method.setdefault(c.config.method, c)
+    extra = [c for c in per_method.values() if c is not best and c not in front]
+    alternatives = tuple(sorted(front + extra, key=_rank_key)[:6])
+    return Plan(best, alternatives, len(candidates), True, (), request)
+
+
+def fully_pinned(pinned: dict[str, Any], gpu_count: int) -> bool:
+    """The searched knobs are all pinned: estimate this configuration instead of recommending."""
+    needed = ["method", "batch", "grad_ckpt"]
+    if gpu_count > 1:
+        needed.append("sharding")
+    return all(name in pinned for name in needed)
+
+
+def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
+    """What would make `config` fit: fewer tokens, QLoRA, more GPUs, offload, a bigger GPU."""
+    out: list[str] = []
+    limit = request.headroom * request.machine.memory_bytes
+
+    def fits(c: TrainingConfig, machine: Machine | None = None) -> bool:
+        m = machine or request.machine
+        return estimate_memory(request.arch, c).device_bytes <= request.headroom * m.memory_bytes
+
+    if config.method != "qlora":
+        q = config.with_changes(method="qlora", batch=1, grad_ckpt=True, sharding="none")
+        q = q.with_changes(offload="none", num_gpus=min(config.num_gpus, request.machine.count))
+        if fits(q):
+            out.append("use QLoRA (--method qlora): 4-bit base weights")
+    for seq in (4096, 2048, 1024, 512):
+        if seq >= config.seq_len:
+            continue
+        shorter = config.with_changes(seq_len=seq, batch=1, grad_ckpt=True)
+        if fits(shorter):
+            out.append(f"train on shorter sequences: --seq-len {seq} --batch 1 fits")
+            break
+    for count in (2, 4, 8):
+        if count <= config.num_gpus:
+            continue
+        more = Machine(request.machine.gpu, count, request.machine.memory_bytes, False)
+        c = config.with_changes(num_gpus=count, sharding="zero3", batch=1, grad_ckpt=True)
+        if fits(c, more):
+            out.append(f"shard over {count} GPUs: --num-gpus {count} --sharding zero3")
+            break
+    if config.method == "full":
+        lean = config.with_changes(
+            pure_bf16=config.dtype == "bf16", optim="adamw_8bit", batch=1, grad_ckpt=True
+        )
+        if fits(lean):
+            out.append("cut optimizer memory: --pure-bf16 --optim adamw_8bit --batch 1")
+    if config.num_gpus > 1 or config.sharding != "none":
+        c = config.with_changes(sharding="zero3", offload="optimizer", batch=1, grad_ckpt=True)
+        try:
+            c.validate()
+            if fits(c):
+                out.append("offload optimizer states to CPU RAM: --offload optimizer (slower)")
+        except ConfigError:
+            pass
+    bigger = sorted(
+        (p for p in gpu_profiles() if p.memory_total_bytes * request.headroom > limit),
+        key=lambda p: (p.memory_total_bytes, p.price_usd_per_hour),
+    )
+    for profile in bigger:
+        machine = Machine(profile, config.num_gpus, profile.memory_total_bytes, False)
+        c = config.with_changes(batch=1, grad_ckpt=True)
+        if fits(c, machine):
+            out.append(f"a GPU with more memory: {profile.id} ({profile.memory_gb:g} GB) fits")
+            break
+    if not out:
+        need = estimate_memory(request.arch, config.with_changes(batch=1)).device_bytes
+        out.append(
+            f"nothing simple fits: even batch 1 needs {need / GIB:.1f} GiB per GPU; "
+            "try QLoRA on several GPUs with --sharding fsdp"
+        )
+    return out
+
+
+def resolve_machine(
+    *, gpu: str | None = None, num_gpus: int | None = None, simulate: str | None = None
+) -> Machine:
+    """The machine to plan for: `--gpu PROFILE`, `--simulate SPEC`, or the GPUs detected here."""
+    from engine.errors import FtuiError
+    from engine.machine.fakenvml import parse_simulate_spec
+    from profiles import find_gpu_profile
+
+    if gpu and gpu != "auto":
+        profile = find_gpu_profile(gpu)
+        if profile is None:
+            ids = ", ".join(p.id for p in gpu_profiles())
+            raise FtuiError(f"--gpu {gpu!r} names no known GPU", f"use one of: {ids}")
+        return Machine(profile, num_gpus or 1, profile.memory_total_bytes, False)
+    if simulate:
+        profiles = parse_simulate_spec(simulate)
+        count = num_gpus or len(profiles)
+        return Machine(profiles[0], count, profiles[0].memory_total_bytes, False)
+    from engine.machine.hardware import detect_machine
+
+    snapshot = detect_machine()
+    if not snapshot.has_gpu:
+        raise FtuiError(
+            f"no GPU to plan for: {snapshot.no_gpu_reason}",
+            "name the GPUs you will rent: --gpu h100 --num-gpus 8, or --simulate h100x8",
+        )
+    first = snapshot.gpus[0]
+    same = [g for g in snapshot.gpus if g.name == first.name]
+    profile = find_gpu_profile(first.profile_id or first.name)
+    if profile is None:
+        raise FtuiError(
+            f"detected GPU {first.name!r} has no built-in profile (needed for its speed)",
+            "pass the closest profile with --gpu (see `ftui gpu-profiles`)",
+        )
+    count = min(num_gpus or len(same), len(same))
+    return Machine(profile, count, first.memory_total_bytes, True)

@@ -1,0 +1,247 @@
+"""The Trainer callback that keeps the run directory current.
+
+On rank 0 it appends `metrics.jsonl` (tokens/s measured over the last logging interval from
+real, non-padding tokens) and `events.jsonl`, and updates `state.json`. On every rank it polls
+`control/` for `stop` and `save-now` (rank 0 reads the files, every rank gets the same answer
+through one all-reduce so they stop at the same step), and it stops the run on a NaN/inf loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from engine.run.rundir import JsonlTail, RunDir, append_jsonl, write_json_atomic
+
+STOP, SAVE_NOW = "stop", "save-now"
+
+
+@lru_cache(maxsize=1)
+def callback_class() -> type:
+    """The callback class (built on first use: transformers is imported only by the trainer)."""
+    from transformers import TrainerCallback
+
+    class FtuiCallback(TrainerCallback):  # type: ignore[misc,valid-type]
+        def __init__(self, run: RunDir, *, rank: int = 0, world_size: int = 1) -> None:
+            self.run = run
+            self.rank = rank
+            self.world_size = world_size
+            self.is_main = rank == 0  # writes metrics, reads control/
+            # The first process of each node keeps that node's run directory current.
+            self.is_node_main = int(os.environ.get("LOCAL_RANK", "0")) == 0
+            self._last_log_t: float | None = None
+            self._last_tokens: float | None = None
+            self._last_step = 0
+            self._samples_per_step = 1
+            self.stop_requested = False
+            self.probe_enabled = False
+            self.method = "lora"
+            self.attn = "sdpa"
+            self.probe_at: int | None = None  # global step at which the probe measures
+
+        # -- helpers -------------------------------------------------------------------------------
+        def _sync_flags(self, stop: bool, save: bool) -> tuple[bool, bool]:
+            """Every rank takes rank 0's decision (one tiny all-reduce per step)."""
+            if self.world_size <= 1:
+                return stop, save
+            import torch
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                return stop, save
+            device = "cpu"
+            if dist.get_backend() == "nccl":
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            flags = torch.tensor([float(stop), float(save)], device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            return bool(flags[0].item()), bool(flags[1].item())
+
+        def _truncate_history(self, step: int) -> None:
+            """After a resume from step N, metrics above N belong to the abandoned attempt."""
+            path = self.run.metrics
+            if not path.exists():
+                return
+            kept = [r for r in JsonlTail(path).read() if int(r.get("step", 0)) <= step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            with tmp.open("w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(record) + "\n" for record in kept)
+            os.replace(tmp, path)
+
+        # -- hooks ---------------------------------------------------------------------------------
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._samples_per_step = (
+                args.per_device_train_batch_size
+                * args.gradient_accumulation_steps
+                * self.world_size
+            )
+            self._last_step = state.global_step
+            self._last_log_t = time.time()
+            self._last_tokens = float(getattr(state, "num_input_tokens_seen", 0) or 0)
+            if self.probe_enabled and self.is_node_main and _cuda():
+                from engine.run.probe import PROBE_STEPS
+
+                self.probe_at = state.global_step + PROBE_STEPS
+            if not self.is_node_main:
+                return
+            if state.global_step > 0 and self.is_main:
+                self._truncate_history(state.global_step)
+                self.run.event("resumed", step=state.global_step)
+            self.run.update_state(
+                status="running",
+                max_steps=state.max_steps,
+                world_size=self.world_size,
+                trainer_pid=os.getpid(),
+                host=socket.gethostname(),
+                train_started_at=time.time(),
+                start_step=state.global_step,
+            )
+            self.run.event("train_begin", step=state.global_step, max_steps=state.max_steps)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if self.probe_at is not None and state.global_step >= self.probe_at:
+                self.probe_at = None
+                self._probe(kwargs.get("model"))
+            stop = save = False
+            if self.is_main:
+                stop = (self.run.control / STOP).exists()
+                save_path = self.run.control / SAVE_NOW
+                save = save_path.exists()
+                if save:
+                    save_path.unlink(missing_ok=True)
+            stop, save = self._sync_flags(stop, save)
+            if save:
+                control.should_save = True
+                if self.is_main:
+                    self.run.event("save_requested", step=state.global_step)
+            if stop and not self.stop_requested:
+                self.stop_requested = True
+                control.should_save = True
+                control.should_training_stop = True
+                if self.is_main:
+                    self.run.event("stop_requested", step=state.global_step)
+                    self.run.update_state(status="stopping")
+            return control
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> Any:
+            logs = dict(logs or {})
+            loss = logs.get("loss")
+            if isinstance(loss, float) and not math.isfinite(loss):
+                control.should_training_stop = True
+                if self.is_main:
+                    self.run.event("nan", step=state.global_step, loss=str(loss))
+                    self.run.update_state(failure="nan", nan_step=state.global_step)
+            if not self.is_main:
+                return control
+            now = time.time()
+            record: dict[str, Any] = {"t": now, "step": state.global_step, "epoch": state.epoch}
+            if "train_loss" in logs:  # end-of-training summary (per-step logs have "loss")
+                self.run.update_state(summary=logs)
+                return control
+            for key in ("loss", "grad_norm", "learning_rate"):
+                if key in logs:
+                    record["lr" if key == "learning_rate" else key] = logs[key]
+            for key, value in logs.items():
+                if key.startswith("eval_"):
+                    record[key] = value
+            tokens = float(getattr(state, "num_input_tokens_seen", 0) or 0)
+            record["tokens_seen"] = tokens
+            if self._last_log_t is not None and now > self._last_log_t and "loss" in record:
+                dt = now - self._last_log_t
+                record["tokens_per_s"] = max(0.0, tokens - (self._last_tokens or 0.0)) / dt
+                record["tokens_per_s_kind"] = "non-padding input tokens, last logging interval"
+                steps = max(0, state.global_step - self._last_step)
+                record["samples_per_s"] = steps * self._samples_per_step / dt
+            if "loss" in record:
+                self._last_log_t, self._last_tokens, self._last_step = (
+                    now,
+                    tokens,
+                    state.global_step,
+                )
+            record["max_steps"] = state.max_steps
+            mem = _torch_memory()
+            if mem:
+                record["mem"] = mem
+            append_jsonl(self.run.metrics, record)
+            return control
+
+        def _probe(self, model: Any) -> None:
+            """Measured peak vs the plan; remember the ratio for this setup."""
+            import torch
+
+            from engine.plan.corrections import CorrectionKey, store_correction
+            from engine.run.probe import probe_result
+
+            measured = int(torch.cuda.max_memory_allocated())
+            total = int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+            plan = dict(self.run.read_state().get("plan_summary") or {})
+            result = probe_result(measured, total, plan)
+            if "predicted_allocated_bytes" in result and plan.get("gpu"):
+                config = getattr(getattr(model, "config", None), "model_type", None) or "unknown"
+                key = CorrectionKey(config, self.method, str(plan["gpu"]), self.attn)
+                try:
+                    result["stored_ratio"] = store_correction(
+                        key, result["predicted_allocated_bytes"], measured
+                    )
+                except ValueError as exc:
+                    result["not_stored"] = str(exc)
+            self.run.event("probe", **result)
+            self.run.update_state(probe=result)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.is_node_main:
+                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                self.run.event("checkpoint", step=state.global_step, path=str(path))
+                self.run.update_state(
+                    last_checkpoint=str(path), last_checkpoint_step=state.global_step
+                )
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.is_node_main:
+                self.run.event("train_end", step=state.global_step, stopped=self.stop_requested)
+
+    return FtuiCallback
+
+
+def make_callback(
+    run: RunDir,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    probe: bool = False,
+    method: str = "lora",
+    attn: str = "sdpa",
+) -> Any:
+    cb = callback_class()(run, rank=rank, world_size=world_size)
+    cb.probe_enabled, cb.method, cb.attn = probe, method, attn
+    return cb
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _torch_memory() -> dict[str, int] | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return {
+        "allocated": int(torch.cuda.memory_allocated()),
+        "reserved": int(torch.cuda.memory_reserved()),
+        "max_allocated": int(torch.cuda.max_memory_allocated()),
+        "max_reserved": int(torch.cuda.max_memory_reserved()),
+    }
+
+
+def write_final_marker(run: RunDir, info: dict[str, Any]) -> None:
+    write_json_atomic(run.final / "ftui.json", info)

@@ -1,0 +1,270 @@
+"""The training entry point, run by the launcher in every rank.
+
+    python -m engine.run.train --run-dir D
+
+
+Builds tokenizer, model (bf16/fp16, or 4-bit NF4 through bitsandbytes for QLoRA), PEFT
+adapters, datasets and the HF Trainer from `spec.yaml`, and trains with ftui's callback.
+Exit codes: 0 done (or stopped on request), 3 out of memory, 4 NaN loss, 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from engine.run.rundir import RunDir
+from engine.run.spec import RunSpec
+
+EXIT_OOM, EXIT_NAN, EXIT_ERROR = 3, 4, 1
+
+
+def _device(spec: RunSpec) -> str:
+    import torch
+
+    if spec.device == "cpu":
+        return "cpu"
+    if spec.device == "cuda" or torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def _torch_dtype(spec: RunSpec, device: str) -> Any:
+    import torch
+
+    if device == "cpu":
+        return torch.float32  # CPU runs (tests, demo) compute in fp32
+    t = spec.training
+    if t.method == "full" and not t.pure_bf16 and t.dtype != "fp32":
+        return torch.float32  # fp32 master weights; the Trainer autocasts to bf16/fp16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.dtype]
+
+
+def load_model_and_tokenizer(spec: RunSpec, device: str, local_rank: int) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = spec.model_path or spec.model
+    local = spec.model_path is not None
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    t = spec.training
+    dtype = _torch_dtype(spec, device)
+    attn = t.attn
+    if device == "cpu" and attn == "flash_attention_2":
+        attn = "sdpa"
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn}
+    if t.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.float32 if device == "cpu" else dtype
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=t.double_quant,
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=compute if t.sharding in ("fsdp", "zero3") else torch.uint8,
+        )
+        if device == "cuda" and t.sharding == "none":
+            kwargs["device_map"] = {"": local_rank}
+        elif device == "cpu":
+            kwargs["device_map"] = {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local, **kwargs)
+    if t.is_peft:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if t.method == "qlora" and t.kbit_upcast:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=t.grad_ckpt,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )  # fmt: skip
+        # The adapters' A matrices start random: seed before they are made (the Trainer only
+        # seeds when it is built, after this), so one spec trains the same adapter every time.
+        from transformers import set_seed
+
+        set_seed(spec.hyper.seed)
+        targets: Any = "all-linear" if "all-linear" in t.targets else list(t.targets)
+        lora = LoraConfig(
+            r=t.rank,
+            lora_alpha=t.alpha,
+            target_modules=targets,
+            use_dora=t.dora,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)  # type: ignore[assignment]
+        if t.grad_ckpt:
+            model.enable_input_require_grads()
+    return model, tokenizer
+
+
+def training_arguments(spec: RunSpec, run: RunDir, device: str, has_eval: bool) -> Any:
+    from transformers import TrainingArguments
+
+    t, h = spec.training, spec.hyper
+    on_cpu = device == "cpu"
+    kwargs: dict[str, Any] = {
+        "output_dir": str(run.checkpoints),
+        "per_device_train_batch_size": t.batch,
+        "per_device_eval_batch_size": t.batch,
+        "gradient_accumulation_steps": t.grad_accum,
+        "num_train_epochs": h.epochs,
+        "max_steps": h.max_steps,
+        "learning_rate": h.learning_rate,
+        "lr_scheduler_type": h.lr_scheduler,
+        "warmup_steps": h.warmup_steps if h.warmup_steps > 0 else h.warmup_ratio,
+        "weight_decay": h.weight_decay,
+        "max_grad_norm": h.max_grad_norm,
+        "logging_steps": h.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": h.save_steps,
+        "save_total_limit": h.save_total_limit,
+        "seed": h.seed,
+        "data_seed": h.seed,
+        "report_to": h.report_to,
+        "optim": t.optim,
+        "gradient_checkpointing": t.grad_ckpt,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if t.grad_ckpt else None,
+        "include_num_input_tokens_seen": "non_padding",
+        "use_cpu": on_cpu,
+        "bf16": not on_cpu and t.dtype == "bf16",
+        "fp16": not on_cpu and t.dtype == "fp16",
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        # The trainer saves a checkpoint on SIGTERM (escalation after a stop request).
+        "enable_jit_checkpoint": True,
+    }
+    if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        kwargs["ddp_backend"] = "gloo"
+    if has_eval:
+        kwargs["eval_strategy"] = "steps" if h.eval_steps > 0 else "epoch"
+        if h.eval_steps > 0:
+            kwargs["eval_steps"] = h.eval_steps
+    if t.sharding.startswith("zero"):
+        kwargs["deepspeed"] = str(run.path / "deepspeed.json")
+    elif t.sharding == "fsdp" and spec.distributed.launcher != "accelerate":
+        kwargs["fsdp"] = "full_shard auto_wrap" + (" offload" if t.offload == "params" else "")
+        kwargs["fsdp_config"] = {"use_orig_params": True, "cpu_ram_efficient_loading": True}
+    if t.num_gpus > 1 or spec.distributed.nodes > 1:
+        kwargs["ddp_find_unused_parameters"] = False
+    return TrainingArguments(**kwargs)
+
+
+def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    from engine.data import build_datasets
+    from engine.run.callbacks import make_callback, write_final_marker
+
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = _device(spec)
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+    model, tokenizer = load_model_and_tokenizer(spec, device, local_rank)
+    train_ds, eval_ds, _report = build_datasets(
+        Path(spec.data),
+        tokenizer,
+        fmt=spec.data_format,
+        seq_len=spec.training.seq_len,
+        eval_fraction=spec.eval_fraction,
+        seed=spec.hyper.seed,
+        skip_invalid=spec.skip_invalid,
+        mode=spec.mode,
+    )
+    if spec.training.packing:
+        from transformers import DataCollatorWithFlattening
+
+        collator: Any = DataCollatorWithFlattening()
+    else:
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    args = training_arguments(spec, run, device, eval_ds is not None)
+    callback = make_callback(
+        run,
+        rank=rank,
+        world_size=world,
+        probe=spec.probe and device == "cuda",
+        method=spec.training.method,
+        attn=spec.training.attn,
+    )
+    _inject_faults(spec)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    node_main = local_rank == 0
+    state = run.read_state()
+    if state.get("failure") == "nan":
+        return EXIT_NAN
+    if callback.stop_requested:
+        if node_main:
+            run.update_state(status="stopped", stopped_at=time.time(), exit_code=0)
+        return 0
+    trainer.save_model(str(run.final))
+    if node_main:
+        tokenizer.save_pretrained(str(run.final))
+        write_final_marker(
+            run,
+            {
+                "base_model": spec.model,
+                "base_model_path": spec.model_path,
+                "method": spec.training.method,
+                "steps": trainer.state.global_step,
+                "saved_at": time.time(),
+            },
+        )
+        run.update_state(status="completed", finished_at=time.time(), exit_code=0)
+        run.event("finished", step=trainer.state.global_step)
+    return 0
+
+
+def _inject_faults(spec: RunSpec) -> None:
+    """Fault injection for tests (no GPU needed): FTUI_FAULT_OOM_ABOVE_BATCH=N makes a run
+    with a micro-batch above N fail as a CUDA out-of-memory error would."""
+    limit = os.environ.get("FTUI_FAULT_OOM_ABOVE_BATCH")
+    if limit and spec.training.batch > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory (injected: micro-batch {spec.training.batch} > {limit})"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.run.train")
+    parser.add_argument("--run-dir", required=True)
+    args, _unknown = parser.parse_known_args(argv)  # launchers may add --local_rank=N
+    run = RunDir(Path(args.run_dir))
+    rank = int(os.environ.get("RANK", 0))
+    spec = RunSpec.from_yaml(run.spec.read_text(encoding="utf-8"))
+    resume_from = os.environ.get("FTUI_RESUME_FROM") or None
+    try:
+        return train(spec, run, resume_from=resume_from)
+    except Exception as exc:  # classify for state.json, keep the traceback in stdout.log
+        traceback.print_exc()
+        oom = type(exc).__name__ in ("OutOfMemoryError",) or "out of memory" in str(exc).lower()
+        if rank == 0:
+            run.update_state(
+                failure="oom" if oom else "error", error=f"{type(exc).__name__}: {exc}"
+            )
+            run.event("oom" if oom else "error", message=str(exc)[:500])
+        return EXIT_OOM if oom else EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The command line: the argparse tree, each command group's handlers and their renderers."""

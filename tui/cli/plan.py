@@ -1,0 +1,165 @@
+"""`ftui plan`: flags -> PlanRequest -> plan -> JSON or a Rich report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from engine.errors import FtuiError
+from engine.training_config import (
+    ATTENTIONS,
+    DTYPES,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    SHARDINGS,
+    ConfigError,
+    TrainingConfig,
+)
+
+
+def add_knob_arguments(p: argparse.ArgumentParser) -> None:
+    """The planner's knobs, shared by `plan` and `launch`."""
+    p.add_argument("--method", choices=(*METHODS, "auto"), default="auto")
+    p.add_argument("--gpu", default="auto", help="GPU profile to plan for (default: detected)")
+    p.add_argument("--num-gpus", type=int, help="GPUs to use (default: all of the machine's)")
+    p.add_argument("--simulate", metavar="SPEC", default=argparse.SUPPRESS, help="e.g. h100x8")
+    p.add_argument("--seq-len", type=int, help="sequence length (default: from --dataset, or 2048)")
+    p.add_argument("--batch", type=int, help="micro-batch per GPU")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    p.add_argument("--rank", type=int, help="LoRA rank (default 16)")
+    p.add_argument("--alpha", type=int, help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--targets", help="all-linear, or a comma list such as q_proj,v_proj")
+    p.add_argument("--dora", action="store_true", default=None, help="DoRA instead of LoRA")
+    ckpt = p.add_mutually_exclusive_group()
+    ckpt.add_argument("--grad-ckpt", dest="grad_ckpt", action="store_true", default=None)
+    ckpt.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false")
+    p.add_argument("--attn", choices=ATTENTIONS)
+    p.add_argument("--dtype", choices=DTYPES)
+    p.add_argument("--pure-bf16", action="store_true", default=None, help="full: no fp32 master")
+    p.add_argument("--optim", choices=OPTIMIZERS)
+    p.add_argument("--sharding", choices=SHARDINGS)
+    p.add_argument("--offload", choices=OFFLOADS)
+    p.add_argument("--packing", action="store_true", default=None)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--headroom", type=float, default=0.90, help="usable share of GPU memory")
+
+
+def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "plan",
+        help="recommend (or estimate) a fine-tuning setup: memory per GPU, speed, ETA, cost",
+        description="Recommends the fastest setup that fits when knobs are left open; "
+        "estimates one setup when method, batch and --grad-ckpt/--no-grad-ckpt are pinned.",
+    )
+    p.add_argument("--model", required=True, help="profile name, local dir or HF-cache model")
+    add_knob_arguments(p)
+    p.add_argument("--rope-scaling", type=float, metavar="FACTOR", help="allow seq-len beyond the "
+                   "model's max positions by this RoPE scaling factor")  # fmt: skip
+    p.add_argument("--dataset", type=Path, help="JSON/JSONL file: lengths drive seq-len and ETA")
+    p.add_argument("--effective-batch", type=int, help="sequences per optimizer step (default 16)")
+    p.add_argument("--train-tokens", type=int, help="tokens per epoch without --dataset (10M)")
+    p.add_argument("--dry-run", action="store_true", help="also run the fake-tensor dry run")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_plan)
+    return p
+
+
+_KNOB_FLAGS = (
+    "method", "seq_len", "batch", "grad_accum", "rank", "alpha", "dora", "grad_ckpt", "attn",
+    "dtype", "pure_bf16", "optim", "sharding", "offload", "packing", "num_gpus",
+)  # fmt: skip
+
+
+def pinned_knobs(args: argparse.Namespace) -> dict[str, Any]:
+    pinned: dict[str, Any] = {}
+    for name in _KNOB_FLAGS:
+        value = getattr(args, name, None)
+        if value is None or (name == "method" and value == "auto"):
+            continue
+        pinned[name] = value
+    if args.targets:
+        pinned["targets"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    if "rank" in pinned and "alpha" not in pinned:
+        pinned["alpha"] = 2 * pinned["rank"]
+    # Validate what was pinned on its own first: the error names the flag, not a combination.
+    probe = {k: v for k, v in pinned.items() if k in TrainingConfig.field_names()}
+    TrainingConfig(**{**probe, "method": probe.get("method", "lora")}).validate()
+    return pinned
+
+
+def _check_seq_len(arch: Any, seq_len: int, rope_scaling: float | None) -> None:
+    max_pos = arch.max_positions
+    if max_pos is None or seq_len <= max_pos:
+        return
+    if rope_scaling and seq_len <= max_pos * rope_scaling:
+        return
+    raise ConfigError(
+        f"--seq-len {seq_len} is beyond {arch.name}'s max_position_embeddings ({max_pos})",
+        f"use --seq-len {max_pos} or less, or extend the context with --rope-scaling "
+        f"{-(-seq_len // max_pos)} (RoPE scaling; quality beyond the trained length is not "
+        "guaranteed)",
+    )
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from engine.data.stats import estimate_lengths
+    from engine.models import resolve_model
+    from engine.plan.planner import DEFAULT_TRAIN_TOKENS, PlanRequest, plan, resolve_machine
+
+    if not 0.1 <= args.headroom <= 1.0:
+        raise FtuiError(f"--headroom {args.headroom} is not a share", "use e.g. --headroom 0.9")
+    if args.epochs <= 0:
+        raise FtuiError("--epochs must be positive", "e.g. --epochs 3")
+    arch = resolve_model(args.model)
+    pinned = pinned_knobs(args)
+    machine = resolve_machine(
+        gpu=args.gpu, num_gpus=args.num_gpus, simulate=getattr(args, "simulate", None)
+    )
+    if args.num_gpus is not None and args.num_gpus > machine.count and machine.detected:
+        raise FtuiError(
+            f"--num-gpus {args.num_gpus}: this machine has {machine.count} {machine.gpu.name}",
+            f"use --num-gpus {machine.count} or less, or plan with --gpu/--simulate",
+        )
+    pinned.setdefault("num_gpus", machine.count)
+    stats = None
+    train_tokens = args.train_tokens or DEFAULT_TRAIN_TOKENS
+    if args.dataset is not None:
+        stats, _lengths = estimate_lengths(args.dataset)
+        train_tokens = stats.total_tokens
+        if "seq_len" not in pinned:
+            wanted = max(256, -(-stats.p99 // 256) * 256)
+            pinned["seq_len"] = min(wanted, arch.max_positions or wanted)
+    seq_len = int(pinned.get("seq_len", 2048))
+    if "seq_len" not in pinned and arch.max_positions:
+        seq_len = min(seq_len, arch.max_positions)
+        pinned["seq_len"] = seq_len
+    _check_seq_len(arch, seq_len, args.rope_scaling)
+    request = PlanRequest(
+        arch=arch,
+        machine=machine,
+        pinned=pinned,
+        headroom=args.headroom,
+        train_tokens=train_tokens,
+        epochs=args.epochs,
+        effective_batch=args.effective_batch,
+    )
+    result = plan(request)
+    dry = None
+    if args.dry_run and (result.best or result.alternatives):
+        from engine.plan.dryrun.entry import dry_run
+
+        target = result.best or result.alternatives[0]
+        dry = dry_run(arch, target.config)
+    from engine.plan.report import plan_to_dict
+    from tui.cli.render_plan import print_plan
+
+    if args.json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(plan_to_dict(result, stats, dry), indent=2) + "\n")
+    else:
+        print_plan(result, stats, dry)
+    return 0 if (result.best is not None and result.best.fits) else 1

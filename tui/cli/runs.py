@@ -1,0 +1,396 @@
+"""Run commands: launch, runs, status, logs, stop, save, resume, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import FtuiError
+from engine.run.spec import LAUNCHERS, Distributed, Hyper, RunSpec
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def add_run_parsers(sub: Any) -> None:
+    from tui.cli.plan import add_knob_arguments
+
+    p = sub.add_parser("launch", help="start a fine-tune in the background (survives logout)")
+    p.add_argument("spec", nargs="?", type=Path, help="a spec.yaml (or use --model/--data)")
+    p.add_argument("--model", help="profile name, local dir or HF-cache model")
+    p.add_argument("--data", help="dataset file or folder")
+    p.add_argument("--name", help="a name for the run (default: the model's)")
+    add_knob_arguments(p)
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--format", dest="data_format", default="auto", help="dataset format")
+    p.add_argument("--skip-invalid", action="store_true", help="train without invalid records")
+    p.add_argument("--eval-fraction", type=float, default=0.0)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--lr", type=float, help="learning rate (default 2e-4 adapters, 2e-5 full)")
+    p.add_argument("--save-steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--launcher", choices=LAUNCHERS, default="auto")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--master-addr", default="127.0.0.1")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.add_argument("--hostfile", help="DeepSpeed hostfile for multi-node runs")
+    p.add_argument("--slurm", action="store_true", help="write an sbatch script, do not launch")
+    p.add_argument("--dry-run", action="store_true", help="print spec and command, launch nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_launch)
+
+    runs = sub.add_parser("runs", help="list runs with status, progress and last loss")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=cmd_runs)
+
+    status = sub.add_parser("status", help="one run's state, progress and checkpoints")
+    status.add_argument("run")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    logs = sub.add_parser("logs", help="print a run's output (all ranks)")
+    logs.add_argument("run")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
+    logs.set_defaults(handler=cmd_logs)
+
+    stop = sub.add_parser("stop", help="stop a run: checkpoint, then exit (--now: kill)")
+    stop.add_argument("run")
+    stop.add_argument("--now", action="store_true", help="kill the run's processes now")
+    stop.set_defaults(handler=cmd_stop)
+
+    save = sub.add_parser("save", help="ask a running run to save a checkpoint now")
+    save.add_argument("run")
+    save.set_defaults(handler=cmd_save)
+
+    resume = sub.add_parser("resume", help="continue a stopped or failed run from its checkpoint")
+    resume.add_argument("run")
+    resume.set_defaults(handler=cmd_resume)
+
+    demo = sub.add_parser("demo", help="train a tiny built-in model on CPU, end to end (~1 min)")
+    demo.add_argument("--headless", action="store_true", help="print progress, no app")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default 300)")
+    demo.set_defaults(handler=cmd_demo)
+
+
+# -- launch ------------------------------------------------------------------------------------
+
+
+def _model_path(model: str) -> tuple[str, str | None]:
+    """(name for the spec, local directory with weights or None)."""
+    from engine.models import resolve_model
+
+    arch = resolve_model(model)
+    if arch.source in ("dir", "hf-cache") and arch.path:
+        has_weights = any(Path(arch.path).glob("*.safetensors")) or any(
+            Path(arch.path).glob("*.bin")
+        )
+        if not has_weights:
+            raise FtuiError(
+                f"{arch.path} has a config.json but no weights (*.safetensors)",
+                "point --model at a directory with the model's weights",
+            )
+        return (arch.hf_id or model), arch.path
+    raise FtuiError(
+        f"the weights of {arch.name} ({arch.hf_id}) are not on this machine",
+        f"download them first (`hf download {arch.hf_id}`), or pass a local model directory",
+    )
+
+
+def _check_data(path: str, fmt: str, skip_invalid: bool) -> dict[str, Any]:
+    from engine.data import check_dataset
+
+    report = check_dataset(Path(path), fmt=fmt)
+    invalid = report.invalid
+    if invalid and not skip_invalid:
+        first = ", ".join(f"{r.location}: {r.reason}" for r in invalid[:3])
+        raise FtuiError(
+            f"{path}: {len(invalid)} invalid record(s) ({first})",
+            f"fix them (`ftui data check {path}`), or launch with --skip-invalid",
+        )
+    return dict(report.to_dict())
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
+    """A spec from flags: the planner's recommendation, with the user's pins applied."""
+    from tui.cli.plan import pinned_knobs
+
+    if args.spec is not None:
+        try:
+            text = args.spec.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise FtuiError(f"cannot read {args.spec}: {exc}", "pass a spec.yaml path") from exc
+        return RunSpec.from_yaml(text), {}
+    if not args.model or not args.data:
+        raise FtuiError("launch needs a spec file, or --model and --data", "see `ftui launch -h`")
+    name, model_path = _model_path(args.model)
+    pinned = pinned_knobs(args)
+    device = args.device
+    plan_summary: dict[str, Any] = {}
+    from engine.training_config import TrainingConfig
+
+    if device == "cpu" or (device == "auto" and not _has_gpu(args)):
+        device = "cpu"
+        pinned.setdefault("num_gpus", 1)
+        pinned.setdefault("grad_ckpt", False)
+        pinned.setdefault("seq_len", 512)
+        if pinned.get("method", "auto") == "auto":
+            pinned["method"] = "lora"
+        config = TrainingConfig(**pinned).validate()
+    else:
+        config, plan_summary = _planned_config(args, pinned)
+    lr = args.lr or (2e-5 if config.method == "full" else 2e-4)
+    spec = RunSpec(
+        model=name,
+        model_path=model_path,
+        data=str(Path(args.data).absolute()),
+        name=args.name,
+        data_format=args.data_format,
+        eval_fraction=args.eval_fraction,
+        skip_invalid=args.skip_invalid,
+        device=device,
+        training=config,
+        hyper=Hyper(
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            learning_rate=lr,
+            save_steps=args.save_steps,
+            seed=args.seed,
+        ),
+        distributed=Distributed(
+            launcher=args.launcher,
+            nodes=args.nodes,
+            node_rank=args.node_rank,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+            hostfile=args.hostfile,
+        ),
+        plan=plan_summary or None,
+    )
+    return spec.validate(), plan_summary
+
+
+def _has_gpu(args: argparse.Namespace) -> bool:
+    if getattr(args, "simulate", None):
+        return True
+    from engine.machine.hardware import detect_machine
+
+    return detect_machine().has_gpu
+
+
+def _planned_config(args: argparse.Namespace, pinned: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from engine.models import resolve_model
+    from engine.plan.planner import PlanRequest, plan, resolve_machine
+
+    arch = resolve_model(args.model)
+    machine = resolve_machine(
+        gpu=args.gpu, num_gpus=args.num_gpus, simulate=getattr(args, "simulate", None)
+    )
+    pinned.setdefault("num_gpus", machine.count)
+    pinned.setdefault("seq_len", min(2048, arch.max_positions or 2048))
+    result = plan(PlanRequest(arch=arch, machine=machine, pinned=pinned, headroom=args.headroom))
+    if result.best is None or not result.best.fits:
+        hints = "; ".join(result.suggestions) or "see `ftui plan`"
+        raise FtuiError(f"no setup of {arch.name} fits {machine.gpu.name}", hints)
+    best = result.best
+    summary = {
+        "gpu": machine.gpu.id,
+        "gpu_count": best.config.num_gpus,
+        "device_gib": round(best.memory.device_gib, 2),
+        "reserved_gib": round(best.memory.reserved_gib, 2),
+        "allocated_gib": round(best.memory.allocated_gib, 2),
+        "peak_phase": best.memory.peak_phase,
+        "tokens_per_s": round(best.tokens_per_s, 1),
+    }
+    return best.config, summary
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from engine.run.launch import build_launch, slurm_script
+    from engine.run.operations import launch
+
+    spec, plan_summary = spec_from_args(args)
+    data_report = _check_data(spec.data, spec.data_format, spec.skip_invalid)
+    if args.dry_run or args.slurm:
+        placeholder = Path("<run-dir>")
+        command = build_launch(spec, placeholder)
+        if args.slurm:
+            sys.stdout.write(slurm_script(spec, placeholder))
+            return 0
+        if args.json:
+            _print_json({"spec": spec.to_dict(), "command": command.to_dict(), "data": data_report})
+        else:
+            sys.stdout.write(spec.to_yaml())
+            sys.stdout.write("\n# command\n" + command.to_dict()["shell"] + "\n")
+        return 0
+    run = launch(spec, plan_summary=plan_summary)
+    if args.json:
+        _print_json({"run_id": run.run_id, "path": str(run.path)})
+    else:
+        sys.stdout.write(
+            f"launched {run.run_id}\n  watch: ftui logs {run.run_id} -f\n"
+            f"  stop:  ftui stop {run.run_id}\n"
+        )
+    return 0
+
+
+# -- runs, status, logs ---------------------------------------------------------------------------
+
+
+def _age(t: float) -> str:
+    seconds = max(0, time.time() - t)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from engine.run.operations import list_runs
+
+    infos = list_runs()
+    if args.json:
+        _print_json([i.to_dict() for i in infos])
+        return 0
+    if not infos:
+        sys.stdout.write("no runs yet: try `ftui demo`\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("run", "status", "age", "progress", "loss", "GPUs", "model"):
+        table.add_column(column, no_wrap=True)
+    for i in infos:
+        progress = f"{i.step}/{i.max_steps}" if i.step is not None and i.max_steps else "-"
+        loss = f"{i.loss:.4f}" if isinstance(i.loss, (int, float)) else "-"
+        table.add_row(i.run_id, i.label, _age(i.created_at), progress, loss, str(i.num_gpus),
+                      f"{i.model} ({i.method})")  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from engine.run.operations import reconcile, run_info
+    from engine.run.rundir import find_run
+
+    run = find_run(args.run)
+    state = reconcile(run)
+    info = run_info(run)
+    checkpoints = [p.name for p in run.checkpoints_complete()]
+    if args.json:
+        _print_json({**info.to_dict(), "state": state, "checkpoints": checkpoints})
+        return 0
+    out = [
+        f"{info.run_id}: {info.label}",
+        f"  model {info.model} ({info.method}), {info.num_gpus} GPU(s)",
+        f"  progress {info.step}/{info.max_steps}, last loss {info.loss}",
+        f"  checkpoints: {', '.join(checkpoints) or 'none'}",
+    ]
+    if state.get("note"):
+        out.append(f"  note: {state['note']}")
+    for line in state.get("log_tail", [])[-5:] if state.get("status") == "failed" else []:
+        out.append(f"  | {line}")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from engine.run.operations import reconcile
+    from engine.run.rundir import FINAL, find_run
+
+    run = find_run(args.run)
+    offset = 0
+    while True:
+        try:
+            with run.stdout.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+        except OSError:
+            chunk = b""
+        if chunk:
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", "replace"))
+            sys.stdout.flush()
+        if not args.follow or (reconcile(run).get("status") in FINAL and not chunk):
+            return 0
+        time.sleep(0.5)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from engine.run.operations import stop
+    from engine.run.rundir import find_run
+
+    sys.stdout.write(stop(find_run(args.run), now=args.now) + "\n")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from engine.run.operations import save_now
+    from engine.run.rundir import find_run
+
+    save_now(find_run(args.run))
+    sys.stdout.write("requested: a checkpoint is saved at the end of this step\n")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from engine.run.operations import resume
+    from engine.run.rundir import find_run
+
+    checkpoint = resume(find_run(args.run))
+    sys.stdout.write(f"resuming from {checkpoint}\n")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo.recipe import demo_spec
+    from engine.run.operations import launch, reconcile
+    from engine.run.rundir import FINAL, JsonlTail
+
+    sys.stdout.write("preparing the tiny demo model and dataset (built locally)…\n")
+    spec = demo_spec() if args.steps is None else demo_spec(max_steps=args.steps)
+    run = launch(spec)
+    sys.stdout.write(f"launched {run.run_id} on CPU; training…\n")
+    if not args.headless:
+        from engine.machine.hardware import make_backend
+        from tui.app import FtuiApp
+
+        FtuiApp(backend=make_backend(None), attach=run.run_id).run()
+        return 0
+    tail = JsonlTail(run.metrics)
+    first_loss = last_loss = None
+    while True:
+        for record in tail.read():
+            if "loss" not in record:
+                continue
+            last_loss = record["loss"]
+            first_loss = first_loss if first_loss is not None else last_loss
+            if record["step"] % 10 == 0 or record["step"] == record.get("max_steps"):
+                sys.stdout.write(
+                    f"  step {record['step']:>4}/{record.get('max_steps')}  loss {last_loss:.4f}  "
+                    f"{record.get('tokens_per_s', 0):,.0f} tokens/s\n"
+                )
+                sys.stdout.flush()
+        state = reconcile(run)
+        if state.get("status") in FINAL:
+            break
+        time.sleep(0.5)
+    if state.get("status") != "completed":
+        raise FtuiError(
+            f"the demo run ended {state.get('status')} ({state.get('failure')})",
+            f"see `ftui logs {run.run_id}`",
+        )
+    sys.stdout.write(
+        f"done: loss {first_loss:.3f} -> {last_loss:.3f}; adapter in {run.final}\n"
+        f"  chat with it: ftui chat {run.run_id}\n"
+    )
+    return 0

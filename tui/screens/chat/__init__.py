@@ -1,0 +1,1 @@
+"""Chat with a run's model: columns, messages, settings."""

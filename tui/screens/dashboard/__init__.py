@@ -1,0 +1,1 @@
+"""A run's live dashboard: header, charts, per-GPU memory, events."""

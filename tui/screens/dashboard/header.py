@@ -1,0 +1,119 @@
+"""The top of the dashboard: run id and status, model and method, progress, ETA, the latest
+loss / learning rate / throughput."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, ProgressBar, Sparkline, Static
+
+from engine.humanize import duration
+from tui.screens.dashboard.model import DashFrame, compact, number
+
+STATUS_CLASSES = ("-starting", "-running", "-stopping", "-completed", "-failed", "-stopped")
+
+
+def status_label(frame: DashFrame) -> str:
+    if frame.stalled:
+        return "stalled"
+    if frame.failure:
+        return f"failed ({frame.failure})"
+    return frame.status
+
+
+def progress_text(frame: DashFrame) -> str:
+    parts = []
+    if frame.step is not None:
+        total = f" / {frame.max_steps:,}" if frame.max_steps else ""
+        parts.append(f"step {frame.step:,}{total}")
+    else:
+        parts.append("no step yet")
+    if frame.epoch is not None:
+        parts.append(f"epoch {frame.epoch:.2f}")
+    if frame.status in ("completed", "failed", "stopped"):
+        if frame.train_seconds:
+            parts.append(f"trained {duration(frame.train_seconds)}")
+    else:
+        if frame.eta_seconds is not None:
+            parts.append(f"ETA {duration(frame.eta_seconds)}")
+        if frame.last_step_age is not None:
+            parts.append(f"last step {duration(frame.last_step_age)} ago")
+    return " · ".join(parts)
+
+
+def metrics_text(frame: DashFrame) -> str:
+    parts = [
+        f"loss [b]{number(frame.loss)}[/b]",
+        f"smoothed {number(frame.loss_smooth)}",
+        f"eval {number(frame.eval_loss)}",
+        f"lr {number(frame.lr, 'lr')}",
+        f"grad norm {number(frame.grad_norm, '.3g')}",
+    ]
+    return " · ".join(parts)
+
+
+def throughput_text(frame: DashFrame) -> str:
+    """What follows the tokens/s sparkline."""
+    parts = [f"[b]{compact(frame.tokens_per_s)}[/b]"]
+    parts.append(f"samples/s {number(frame.samples_per_s, '.3g')}")
+    if frame.seconds_per_step is not None:
+        parts.append(f"{frame.seconds_per_step:.2f} s/step")
+    parts.append(f"tokens seen {compact(frame.tokens_seen)}")
+    return " · ".join(parts)
+
+
+def set_text(widget: Static, text: str, *, layout: bool = False) -> None:
+    """Update a Static only when its text changed, by default without a layout pass: a layout
+    pass re-renders the whole screen, the main CPU cost of a refresh. Use on fixed sizes."""
+    if widget.content != text:
+        widget.update(text, layout=layout)
+
+
+class RunHeader(Vertical):
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="dash-title-row"):
+            yield Label("", id="dash-run-id")
+            yield Label("", id="dash-status")
+            yield Label("", id="dash-model")
+        with Horizontal(id="dash-progress-row"):
+            yield ProgressBar(total=1, show_eta=False, id="dash-progress")
+            yield Label("", id="dash-progress-text")
+        yield Static("", id="dash-metrics")
+        with Horizontal(id="dash-throughput-row"):
+            yield Label("tokens/s", id="dash-tokens-label")
+            yield Sparkline([], id="dash-tokens-spark")
+            yield Label("", id="dash-throughput")
+
+    def on_mount(self) -> None:
+        self._status = self.query_one("#dash-status", Label)
+        self._bar = self.query_one("#dash-progress", ProgressBar)
+        self._progress = self.query_one("#dash-progress-text", Label)
+        self._metrics = self.query_one("#dash-metrics", Static)
+        self._throughput = self.query_one("#dash-throughput", Label)
+        self._spark = self.query_one("#dash-tokens-spark", Sparkline)
+
+    def show(self, frame: DashFrame) -> None:
+        # The title row changes size rarely (status): it may lay out; the rest are fixed.
+        set_text(self.query_one("#dash-run-id", Label), frame.run_id, layout=True)
+        set_text(self._status, f" {status_label(frame)} ", layout=True)
+        for name in STATUS_CLASSES:
+            self._status.set_class(name == f"-{frame.status}", name)
+            self.set_class(name == f"-{frame.status}", name)
+        self._status.set_class(frame.stalled, "-stalled")
+        host = f" · {frame.host}" if frame.host else ""
+        gpus = f"{frame.num_gpus} GPU" + ("s" if frame.num_gpus != 1 else "")
+        model = f"{frame.model} · {frame.method} · {gpus}{host}"
+        set_text(self.query_one("#dash-model", Label), model, layout=True)
+        total = frame.max_steps or 1
+        progress = min(total, frame.step or 0)
+        if (self._bar.total, self._bar.progress) != (total, progress):
+            self._bar.update(total=total, progress=progress)
+        set_text(self._progress, progress_text(frame))
+        set_text(self._metrics, metrics_text(frame))
+        set_text(self._throughput, throughput_text(frame))
+        if list(self._spark.data or []) != frame.tokens_hist:
+            self._spark.data = list(frame.tokens_hist)
+
+    def show_age(self, frame: DashFrame) -> None:
+        """Only the wall-clock part changed (a live run without new lines)."""
+        set_text(self._progress, progress_text(frame))

@@ -1,0 +1,251 @@
+"""What the dashboard shows, as plain data: built off the UI thread from a `MetricsStore`,
+posted in one message, applied to the widgets on the UI thread.
+
+Times shown are derived from the run's own timestamps (elapsed since the run was created),
+never from the wall clock, except the age of the last step of a live run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.machine.hardware import GIB
+from engine.monitor.alerts import Alert
+from engine.monitor.series import Series, lttb
+from engine.monitor.store import MetricsStore
+
+
+@dataclass(frozen=True)
+class ChartLayer:
+    """One thing drawn on a chart: `kind` is points, line or markers; `component` names the
+    chart's component class that styles it."""
+
+    xs: list[float]
+    ys: list[float]
+    kind: str
+    component: str
+
+
+@dataclass(frozen=True)
+class ChartData:
+    layers: list[ChartLayer]
+    version: int
+    empty_text: str = "no data yet"
+
+
+@dataclass(frozen=True)
+class GpuView:
+    index: int
+    name: str | None
+    used_gib: float | None
+    total_gib: float | None
+    peak_gib: float
+    plan_gib: float | None
+    util: float | None
+    temp: float | None
+    power: float | None
+    util_hist: list[float]
+    temp_hist: list[float]
+    power_hist: list[float]
+
+
+@dataclass(frozen=True)
+class EventRow:
+    when: str
+    text: str
+    severity: str  # info, warning, error (alerts: warning or error)
+    alert: bool = False
+
+
+@dataclass(frozen=True)
+class DashFrame:
+    run_id: str
+    status: str
+    failure: str | None
+    stalled: bool
+    live: bool
+    model: str
+    method: str
+    num_gpus: int
+    host: str | None
+    step: int | None
+    max_steps: int | None
+    epoch: float | None
+    eta_seconds: float | None
+    seconds_per_step: float | None
+    train_seconds: float | None
+    last_step_age: float | None
+    loss: float | None
+    loss_smooth: float | None
+    eval_loss: float | None
+    lr: float | None
+    grad_norm: float | None
+    tokens_per_s: float | None
+    samples_per_s: float | None
+    tokens_seen: float | None
+    tokens_hist: list[float]
+    loss_chart: ChartData
+    lr_chart: ChartData
+    gpus: list[GpuView]
+    plan_device_gib: float | None
+    plan_allocated_gib: float | None
+    torch_peak_gib: float | None
+    events: list[EventRow]
+    alerts: list[Alert] = field(default_factory=list)
+
+
+def _last(series: Series) -> float | None:
+    point = series.last
+    return point[1] if point else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _chart(
+    parts: list[tuple[Series, str, str, int]], version: int, empty_text: str = "no data yet"
+) -> ChartData:
+    layers = []
+    for series, kind, component, points in parts:
+        xs, ys = series.xy()
+        if xs:
+            xs, ys = lttb(xs, ys, max(3, points))
+            layers.append(ChartLayer(xs, ys, kind, component))
+    return ChartData(layers, version, empty_text)
+
+
+def elapsed(t: float | None, origin: float | None) -> str:
+    """`+1:02:03` since the run was created (deterministic: it comes from the run's files)."""
+    if t is None or origin is None:
+        return "       "
+    seconds = max(0, int(t - origin))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"+{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def build_frame(
+    store: MetricsStore,
+    *,
+    now: float,
+    alerts: list[Alert],
+    chart_width: int,
+    spark_width: int,
+    gpu_names: dict[int, str],
+    max_events: int = 60,
+) -> DashFrame:
+    """Every number and series the dashboard shows, downsampled to ~2× the chart width."""
+    state = store.state
+    progress = store.progress()
+    width = max(10, chart_width)
+    version = store.loss.version + store.eval_loss.version * 7 + width * 1_000_003
+    loss_chart = _chart(
+        [
+            (store.loss, "points", "dash-chart--points", 2 * width),
+            (store.loss_smooth, "line", "dash-chart--line", width),
+            (store.eval_loss, "markers", "dash-chart--marker", width // 2),
+        ],
+        version,
+    )
+    lr_chart = _chart(
+        [(store.lr, "line", "dash-chart--line", 2 * width)],
+        store.lr.version + width * 1_000_003,
+    )
+    plan = store.plan
+    plan_device = _number(plan.get("device_gib"))
+    gpus = [
+        GpuView(
+            index=gpu.index,
+            name=gpu_names.get(gpu.index),
+            used_gib=None if (u := _last(gpu.used)) is None else u / GIB,
+            total_gib=gpu.total_bytes / GIB if gpu.total_bytes else None,
+            peak_gib=gpu.peak_used_bytes / GIB,
+            plan_gib=plan_device,
+            util=_number(gpu.last.get("util")),
+            temp=_number(gpu.last.get("temp")),
+            power=_number(gpu.last.get("power")),
+            util_hist=gpu.util.tail_values(2 * spark_width),
+            temp_hist=gpu.temp.tail_values(2 * spark_width),
+            power_hist=gpu.power.tail_values(2 * spark_width),
+        )
+        for gpu in sorted(store.gpus.values(), key=lambda g: g.index)
+    ]
+    origin = _number(state.get("created_at"))
+    if origin is None:
+        firsts = [e.t for e in store.events if e.t is not None]
+        origin = firsts[0] if firsts else progress.first_t
+    rows: list[tuple[float, int, EventRow]] = []
+    for order, event in enumerate(list(store.events)[-max_events:]):
+        row = EventRow(elapsed(event.t, origin), event.text, event.severity)
+        rows.append((event.t if event.t is not None else float("inf"), order, row))
+    for order, alert in enumerate(list(store.alerts)[-max_events:]):
+        severity = "error" if alert.severity == "error" else "warning"
+        if alert.kind in ("completed", "stopped"):
+            severity = "done"
+        row = EventRow(elapsed(alert.t, origin), alert.message, severity, alert=True)
+        rows.append((alert.t if alert.t is not None else float("inf"), 10_000 + order, row))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    last_progress = store.last_progress_t()
+    running = store.status not in ("completed", "failed", "stopped")
+    train_seconds = None
+    if progress.first_t is not None and progress.last_t is not None:
+        train_seconds = progress.last_t - progress.first_t
+    mem = store.torch_memory
+    torch_peak = _number(mem.get("max_reserved")) or _number(mem.get("max_allocated"))
+    return DashFrame(
+        run_id=store.run.run_id,
+        status=store.status,
+        failure=store.failure,
+        stalled=store.stalled,
+        live=store.live,
+        model=str(state.get("model") or "?"),
+        method=str(state.get("method") or "?"),
+        num_gpus=int(_number(state.get("num_gpus")) or max(1, len(store.gpus))),
+        host=state.get("host"),
+        step=progress.step,
+        max_steps=progress.max_steps,
+        epoch=progress.epoch,
+        eta_seconds=progress.eta_seconds,
+        seconds_per_step=progress.seconds_per_step,
+        train_seconds=train_seconds,
+        last_step_age=(now - last_progress) if running and last_progress else None,
+        loss=_last(store.loss),
+        loss_smooth=_last(store.loss_smooth),
+        eval_loss=_last(store.eval_loss),
+        lr=_last(store.lr),
+        grad_norm=_last(store.grad_norm),
+        tokens_per_s=_last(store.tokens_per_s),
+        samples_per_s=_last(store.samples_per_s),
+        tokens_seen=progress.tokens_seen,
+        tokens_hist=store.tokens_per_s.tail_values(2 * spark_width),
+        loss_chart=loss_chart,
+        lr_chart=lr_chart,
+        gpus=gpus,
+        plan_device_gib=plan_device,
+        plan_allocated_gib=_number(plan.get("allocated_gib")),
+        torch_peak_gib=torch_peak / GIB if torch_peak else None,
+        events=[row for _, _, row in rows[-max_events:]],
+        alerts=alerts,
+    )
+
+
+# -- formatting --------------------------------------------------------------------------------
+def compact(value: float | None, digits: int = 1) -> str:
+    """1234 -> 1.2k, 4.1e9 -> 4.1G."""
+    if value is None:
+        return "–"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.{digits}f}{unit}"
+    return f"{value:.{digits}f}" if value != int(value) else f"{int(value)}"
+
+
+def number(value: float | None, spec: str = ".4g") -> str:
+    if value is None:
+        return "–"
+    if spec == "lr":
+        return f"{value:.2e}"
+    return format(value, spec)

@@ -1,0 +1,1 @@
+"""The machine view: a panel per GPU, the host, and the simulate dialog."""

@@ -1,0 +1,1 @@
+"""The plan wizard and its panels: model, dataset, machine, knobs, summary, spec."""

@@ -1,0 +1,659 @@
+"""The plan wizard: pick a model, a dataset and GPUs; see the recommended setup with its
+memory breakdown, speed, ETA and cost; edit any knob and watch the estimate follow (the
+analytic tier runs on the UI thread: microseconds); check it with a dry run (a thread
+worker); save the exact spec, or launch it.
+
+How the knobs work: the planner fills them with its recommendation (the method select
+drives it: auto lets the planner choose). A knob the user edits is re-estimated at once and
+pinned: the next recommendation (ctrl+r, a new method, model, GPU or dataset) keeps it, until
+"Unpin all" (a new model only drops a pinned sequence length).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    Label,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+from textual.worker import get_current_worker
+
+from engine.data import DataReport
+from engine.errors import FtuiError
+from engine.machine.hardware import MachineSnapshot, NvmlBackend
+from engine.models import ModelArch
+from engine.plan.dryrun.entry import DryRunResult
+from engine.plan.estimator import count_params
+from engine.plan.planner import (
+    DEFAULT_TRAIN_TOKENS,
+    Candidate,
+    Machine,
+    Plan,
+    PlanRequest,
+    evaluate,
+    plan,
+    suggest,
+)
+from engine.run.spec import RunSpec
+from engine.training_config import ConfigError, TrainingConfig
+from tui.screens.plan.dataset import DatasetPanel
+from tui.screens.plan.dialogs import SaveSpecScreen
+from tui.screens.plan.knobs import KnobsPanel, check_seq_len
+from tui.screens.plan.machine import MachinePicker
+from tui.screens.plan.model_picker import (
+    ModelChoice,
+    ModelPicker,
+    choice_from_arch,
+    resolve_choice,
+)
+from tui.screens.plan.spec import SpecPane, build_spec, local_weights, plan_summary
+from tui.screens.plan.summary import DryRunView, PlanSummary, RunnersUpTable, SummaryView
+from tui.screens.runs.screen import OpenDashboard
+
+HEADROOM = 0.90
+RECHECK_SECONDS = 0.4  # debounce: re-check the dataset's truncation after seq-len edits
+
+
+class MachineRead(Message):
+    def __init__(self, snapshot: MachineSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class DryRunDone(Message):
+    def __init__(
+        self, config: TrainingConfig, result: DryRunResult | None, error: str | None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.result = result
+        self.error = error
+
+
+class LaunchDone(Message):
+    def __init__(self, run_id: str | None, error: str | None) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.error = error
+
+
+class PlanWizardScreen(Screen[None]):
+    BINDINGS = [
+        # priority: the knob inputs bind some of these keys (ctrl+w deletes a word).
+        Binding("ctrl+r", "replan", "Recommend", priority=True),
+        Binding("ctrl+d", "dry_run", "Dry run", priority=True),
+        Binding("ctrl+w", "save_spec", "Save spec", priority=True),
+        Binding("ctrl+l", "launch", "Launch", priority=True),
+        Binding("ctrl+t", "toggle_tab", "Plan/Spec", priority=True),
+    ]
+
+    def __init__(
+        self, backend: NvmlBackend, *, simulate: str | None = None, model: str | None = None
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.simulate = simulate
+        self.initial_model = model
+        self.arch: ModelArch | None = None
+        self.machine: Machine | None = None
+        self.config: TrainingConfig | None = None
+        self.epochs = 1.0
+        self.pinned: dict[str, Any] = {}
+        self.plan_result: Plan | None = None
+        self.current: Candidate | None = None
+        self.setup_error: FtuiError | None = None  # model/GPU/plan problem
+        self.knob_error: ConfigError | None = None
+        self.report: DataReport | None = None
+        self.report_path: str | None = None
+        self.dry = DryRunView()
+        self.dry_config: TrainingConfig | None = None
+        self.launching = False
+        self._recheck: Timer | None = None
+
+    # -- layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="wizard"):
+            with VerticalScroll(id="wizard-left"):
+                with Vertical(id="sec-model", classes="wizard-section") as section:
+                    section.border_title = "1 · Model"
+                    yield ModelPicker(id="model-picker")
+                    yield Static("", id="model-chosen")
+                with Vertical(id="sec-data", classes="wizard-section") as section:
+                    section.border_title = "2 · Dataset"
+                    yield DatasetPanel(id="dataset")
+                with Vertical(id="sec-gpu", classes="wizard-section") as section:
+                    section.border_title = "3 · GPUs"
+                    yield MachinePicker(id="machine-picker")
+                with Vertical(id="sec-knobs", classes="wizard-section") as section:
+                    section.border_title = "4 · Setup"
+                    yield KnobsPanel(id="knobs")
+            with TabbedContent(id="wizard-right"):
+                with TabPane("Plan", id="tab-plan"), VerticalScroll(id="plan-scroll"):
+                    yield PlanSummary("", id="summary")
+                    yield Static("", id="launch-readiness")
+                    yield Label("Runners-up (enter or click makes one the current setup)")
+                    yield RunnersUpTable(id="runners")
+                with TabPane("Spec & command", id="tab-spec"):
+                    yield SpecPane(id="spec-scroll")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "ftui"
+        self.sub_title = "plan"
+        self.query_one(KnobsPanel).show(TrainingConfig(), self.epochs)
+        self._render_summary()
+        self._refresh_spec()
+        self.query_one("#model-filter").focus()
+        self.read_machine()
+        if self.initial_model:
+            self._pick_named(self.initial_model)
+
+    # -- the machine -----------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="nvml")
+    def read_machine(self) -> None:
+        self.post_message(MachineRead(self.backend.snapshot()))
+
+    def on_machine_read(self, message: MachineRead) -> None:
+        self.query_one(MachinePicker).set_snapshot(message.snapshot, self.simulate)
+        self._machine_changed()
+
+    def on_machine_picker_changed(self, message: MachinePicker.Changed) -> None:
+        if message.what == "device":
+            self._refresh_spec()
+            self._refresh_readiness()
+        else:
+            self._machine_changed()
+
+    def _machine_changed(self) -> None:
+        try:
+            self.machine = self.query_one(MachinePicker).machine()
+        except FtuiError as error:
+            self.machine = None
+            self._show_setup_error(error)
+            return
+        self.setup_error = None
+        self.replan()
+
+    # -- the model -------------------------------------------------------------------------------
+    def _pick_named(self, name: str) -> None:
+        choice = self.query_one(ModelPicker).choice_named(name)
+        if choice is None:
+            from engine.models import resolve_model
+
+            try:
+                choice = choice_from_arch(resolve_model(name))
+            except FtuiError as error:
+                self._show_model_error(error)
+                return
+        self._use_choice(choice)
+
+    def on_model_picker_picked(self, message: ModelPicker.Picked) -> None:
+        self._use_choice(message.choice)
+
+    def _use_choice(self, choice: ModelChoice) -> None:
+        try:
+            arch = resolve_choice(choice)
+        except FtuiError as error:
+            self._show_model_error(error)
+            return
+        self.arch = arch
+        self.pinned.pop("seq_len", None)  # the default follows the model's context
+        self.dry, self.dry_config = DryRunView(), None
+        self._show_chosen()
+        self.replan()
+
+    def _show_chosen(self) -> None:
+        arch = self.arch
+        if arch is None:
+            return
+        params = count_params(arch).total
+        try:
+            _name, path = self.local_model()
+            weights = Text(f" · weights at {path}", style="green")
+        except FtuiError:
+            weights = Text(" · weights not on this machine (plan only)", style="yellow")
+        line = Text()
+        line.append(arch.name, "bold")
+        line.append(f" · {arch.model_type} · {params / 1e9:.2f}B parameters · {arch.source}")
+        line.append_text(weights)
+        self.query_one("#model-chosen", Static).update(line)
+
+    def on_model_picker_cache_ready(self, message: ModelPicker.CacheReady) -> None:
+        # A profile's weights may sit in the HF cache: the model line and spec follow.
+        self._show_chosen()
+        self._refresh_spec()
+        self._refresh_readiness()
+
+    def _show_model_error(self, error: FtuiError) -> None:
+        self.query_one("#model-chosen", Static).update(Text(str(error), style="bold red"))
+
+    def local_model(self) -> tuple[str, str]:
+        """(name for the spec, local directory with weights); raises FtuiError."""
+        if self.arch is None:
+            raise FtuiError("no model picked", "pick a model first")
+        return local_weights(self.arch, self.query_one(ModelPicker).cached_weights_for)
+
+    # -- planning --------------------------------------------------------------------------------
+    def _train_tokens(self) -> int:
+        if self.report is not None and self.report.lengths is not None:
+            return max(1, self.report.lengths.total)
+        return DEFAULT_TRAIN_TOKENS
+
+    def _default_seq_len(self) -> int:
+        assert self.arch is not None
+        max_pos = self.arch.max_positions
+        if self.report is not None and self.report.lengths is not None:
+            wanted = max(256, math.ceil(self.report.lengths.p99 / 256) * 256)
+            return min(wanted, max_pos or wanted)
+        return min(2048, max_pos or 2048)
+
+    def _request(self, pinned: dict[str, Any]) -> PlanRequest:
+        assert self.arch is not None and self.machine is not None
+        return PlanRequest(
+            arch=self.arch,
+            machine=self.machine,
+            pinned=pinned,
+            headroom=HEADROOM,
+            train_tokens=self._train_tokens(),
+            epochs=self.epochs,
+        )
+
+    def replan(self) -> None:
+        """Ask the planner (milliseconds) for the best setup around the pinned knobs."""
+        if self.arch is None or self.machine is None:
+            self._render_summary()
+            self._refresh_spec()
+            return
+        knobs = self.query_one(KnobsPanel)
+        pinned = dict(self.pinned)
+        if knobs.method != "auto":
+            pinned["method"] = knobs.method
+        pinned["num_gpus"] = self.machine.count
+        pinned.setdefault("seq_len", self._default_seq_len())
+        knobs.show_pins(self.pinned)
+        try:
+            check_seq_len(self.arch, int(pinned["seq_len"]))
+            probe = {**pinned, "method": pinned.get("method", "lora")}
+            TrainingConfig(**probe).validate()  # the error names the knob, not a combination
+            result = plan(self._request(pinned))
+        except FtuiError as error:
+            self._show_setup_error(error)
+            return
+        self.setup_error = None
+        self.plan_result = result
+        rows = ([result.best] if result.best else []) + [
+            c for c in result.alternatives if c is not result.best
+        ]
+        self.query_one(RunnersUpTable).show(rows, result.best)
+        chosen = result.best or (result.alternatives[0] if result.alternatives else None)
+        if chosen is None:  # the planner always returns a closest setup; be safe anyway
+            self._show_setup_error(FtuiError("the planner found no setup", "change the knobs"))
+            return
+        self._set_config(chosen.config)
+
+    def _set_config(self, config: TrainingConfig) -> None:
+        self.config = config
+        self.knob_error = None
+        self.query_one(KnobsPanel).show(config, self.epochs)
+        self._evaluate()
+
+    def _evaluate(self) -> None:
+        """The analytic estimate of the current setup (microseconds), then every view."""
+        if self.config is None or self.arch is None or self.machine is None:
+            return
+        self.current = evaluate(self._request(self.pinned), self.config)
+        self.setup_error = None
+        self._render_summary()
+        self._refresh_spec()
+        dataset = self.query_one(DatasetPanel)
+        dataset.seq_len = self.config.seq_len
+        if self.report is not None and self.report.seq_len != self.config.seq_len:
+            self._schedule_recheck()
+
+    def _title(self) -> str:
+        result = self.plan_result
+        if result is None or self.config is None:
+            return "Setup"
+        if result.best is not None and self.config == result.best.config:
+            if not result.best.fits:
+                return "Nothing fits; this setup"
+            return "Recommended" if result.recommending else "Estimate"
+        if any(self.config == c.config for c in result.alternatives):
+            return "Runner-up" if result.best is not None else "Closest setup (nothing fits)"
+        return "Your setup"
+
+    def _render_summary(self) -> None:
+        summary = self.query_one(PlanSummary)
+        if self.setup_error is not None:
+            error = self.setup_error
+            summary.show(None, f"{error.message}\nfix: {error.fix}" if error.fix else error.message)
+            summary.set_class(True, "-nofit")
+        elif self.arch is None:
+            summary.show(None, "Pick a model on the left (type to filter, enter to pick).")
+        elif self.machine is None or self.current is None:
+            summary.show(None, "Reading the GPUs…")
+        else:
+            c = self.current
+            suggestions: tuple[str, ...] = ()
+            if not c.fits:
+                try:
+                    suggestions = tuple(suggest(self._request(self.pinned), c.config))
+                except FtuiError:
+                    suggestions = ()
+            dry = self.dry
+            if dry.result is not None or dry.error:
+                dry = DryRunView(
+                    result=dry.result, error=dry.error, stale=self.dry_config != self.config
+                )
+            summary.show(
+                SummaryView(
+                    candidate=c,
+                    machine=self.machine,
+                    headroom=HEADROOM,
+                    train_tokens=self._train_tokens() * self.epochs,
+                    title=self._title(),
+                    suggestions=suggestions,
+                    dry=dry,
+                    tokens_from_dataset=self.report is not None and self.report.lengths is not None,
+                )
+            )
+        summary.set_class(self.knob_error is not None, "-stale")
+        self._refresh_readiness()
+
+    def _show_setup_error(self, error: FtuiError) -> None:
+        self.setup_error = error
+        self.current = None
+        self._render_summary()
+        self._refresh_spec()
+
+    # -- knobs -----------------------------------------------------------------------------------
+    def on_knobs_panel_method_chosen(self, message: KnobsPanel.MethodChosen) -> None:
+        self.replan()
+
+    def on_knobs_panel_edited(self, message: KnobsPanel.Edited) -> None:
+        knobs = self.query_one(KnobsPanel)
+        base = self.config or TrainingConfig()
+        try:
+            config, epochs = knobs.read(base)
+            if self.arch is not None:
+                check_seq_len(self.arch, config.seq_len)
+        except ConfigError as error:
+            self.knob_error = error
+            knobs.show_error(error)
+            self._render_summary()
+            self._refresh_spec()
+            return
+        self.knob_error = None
+        knobs.show_error(None)
+        self.epochs = epochs
+        name = message.name
+        # Pin what the user changed; a field that still shows the setup's value (an echo of
+        # filling the fields) pins nothing.
+        if name != "epochs" and getattr(config, name) != getattr(base, name):
+            self.pinned[name] = getattr(config, name)
+            knobs.show_pins(self.pinned)
+        if self.config is None:  # no model yet: the pins wait for the first recommendation
+            self._render_summary()
+            return
+        self.config = config
+        self._evaluate()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "knob-replan":
+            self.replan()
+        elif event.button.id == "knob-unpin":
+            self.pinned.clear()
+            self.query_one(KnobsPanel).set_method("auto")
+            self.replan()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id != "runners":
+            return
+        event.stop()
+        table = self.query_one(RunnersUpTable)
+        index = int(str(event.row_key.value))
+        if index < len(table.candidates):
+            self._set_config(table.candidates[index].config)
+
+    def action_replan(self) -> None:
+        self.replan()
+
+    def action_toggle_tab(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = "tab-spec" if tabs.active == "tab-plan" else "tab-plan"
+
+    # -- dataset ---------------------------------------------------------------------------------
+    def on_dataset_panel_checked(self, message: DatasetPanel.Checked) -> None:
+        self.report = message.report
+        self.report_path = message.path if message.report is not None else None
+        if self.arch is None or self.machine is None:
+            self._refresh_readiness()
+            self._refresh_spec()
+            return
+        if "seq_len" in self.pinned:
+            self._evaluate()  # ETA follows the dataset's tokens
+        else:
+            self.replan()  # seq len follows the dataset's p99
+
+    def _schedule_recheck(self) -> None:
+        if self._recheck is not None:
+            self._recheck.stop()
+        self._recheck = self.set_timer(RECHECK_SECONDS, self._recheck_dataset)
+
+    def _recheck_dataset(self) -> None:
+        panel = self.query_one(DatasetPanel)
+        if self.report is not None and self.report_path == panel.path and not panel.checking:
+            panel.check()
+
+    # -- spec, command, readiness ----------------------------------------------------------------
+    def _plan_summary(self) -> dict[str, Any]:
+        c, machine = self.current, self.machine
+        if c is None or machine is None or self.query_one(MachinePicker).device == "cpu":
+            return {}  # like `ftui launch --device cpu`: no GPU estimate to launch with
+        return plan_summary(c, machine)
+
+    def build_spec(self) -> RunSpec | None:
+        """The spec a launch would run now (None before a model and a setup exist)."""
+        if self.arch is None or self.config is None:
+            return None
+        try:
+            name, path = self.local_model()
+        except FtuiError:
+            name, path = (self.arch.hf_id or self.arch.name), None
+        return build_spec(
+            model=name,
+            model_path=path,
+            data=self.report_path or self.query_one(DatasetPanel).path,
+            device=self.query_one(MachinePicker).device,
+            config=self.config,
+            epochs=self.epochs,
+            summary=self._plan_summary(),
+        )
+
+    def _refresh_spec(self) -> None:
+        self.query_one(SpecPane).show(self.build_spec())
+
+    def launch_problems(self) -> list[str]:
+        """Why ctrl+l would refuse now (empty: ready)."""
+        problems: list[str] = []
+        if self.arch is None:
+            return ["pick a model"]
+        try:
+            self.local_model()
+        except FtuiError as error:
+            problems.append(str(error))
+        if self.setup_error is not None:
+            problems.append(self.setup_error.message)
+        if self.knob_error is not None:
+            problems.append(f"fix the setup: {self.knob_error.message}")
+        panel = self.query_one(DatasetPanel)
+        if panel.checking:
+            problems.append("the dataset is still being checked")
+        elif self.report is None or self.report_path != panel.path:
+            problems.append("check a dataset: type its path and press enter")
+        elif self.report.invalid:
+            problems.append(
+                f"the dataset has {len(self.report.invalid)} invalid record(s): fix them "
+                f"(`ftui data check {self.report_path}`)"
+            )
+        elif not self.report.valid:
+            problems.append("the dataset has no valid record")
+        elif self.report.format == "preference":
+            problems.append(
+                "preference pairs (chosen/rejected) cannot be trained yet: use SFT data"
+            )
+        picker = self.query_one(MachinePicker)
+        if picker.device != "cpu" and self.machine is not None:
+            if not picker.has_real_gpu:
+                problems.append("no GPU here to train on: set “run on” to cpu")
+            elif not self.machine.detected:
+                problems.append(
+                    "the plan is for another GPU than this machine's: pick “this machine” "
+                    "to launch here"
+                )
+            elif self.current is not None and not self.current.fits:
+                problems.append("the setup does not fit the GPU: pick a runner-up or shrink it")
+        if self.launching:
+            problems.append("a launch is under way")
+        return problems
+
+    def _refresh_readiness(self) -> None:
+        box = self.query_one("#launch-readiness", Static)
+        problems = self.launch_problems()
+        if not problems:
+            device = self.query_one(MachinePicker).device
+            box.update(Text(f"Ready: ctrl+l launches it (run on {device}).", style="bold green"))
+        else:
+            box.update(Text("Launch (ctrl+l) needs:\n• " + "\n• ".join(problems), style="dim"))
+        box.set_class(not problems, "-ready")
+
+    # -- save, launch ----------------------------------------------------------------------------
+    def action_save_spec(self) -> None:
+        spec = self.build_spec()
+        if spec is None:
+            self.notify(
+                "Pick a model first: there is no spec yet.", severity="warning", markup=False
+            )
+            return
+        text = spec.to_yaml()
+        default = f"{Path(spec.model).name or 'run'}-spec.yaml"
+
+        def save(answer: tuple[Path, bool] | None) -> None:
+            if answer is None:
+                return
+            path, overwrite = answer
+            try:
+                with path.open("w" if overwrite else "x", encoding="utf-8") as fh:
+                    fh.write(text)
+            except FileExistsError:
+                self.notify(
+                    f"{path} appeared meanwhile: not overwritten.", severity="error", markup=False
+                )
+                return
+            except OSError as error:
+                self.notify(f"cannot write {path}: {error}", severity="error", markup=False)
+                return
+            self.notify(f"spec saved to {path} (launch it: ftui launch {path})", markup=False)
+
+        self.app.push_screen(SaveSpecScreen(default), save)
+
+    def action_launch(self) -> None:
+        problems = self.launch_problems()
+        if problems:
+            self.notify(
+                "Cannot launch yet:\n• " + "\n• ".join(problems),
+                severity="error",
+                timeout=10,
+                markup=False,
+            )
+            return
+        spec = self.build_spec()
+        assert spec is not None
+        try:
+            spec.validate()
+        except FtuiError as error:
+            self.notify(str(error), severity="error", timeout=10, markup=False)
+            return
+        self.launching = True
+        self._refresh_readiness()
+        self.notify(f"launching {spec.model}…", markup=False)
+        self._launch_worker(spec, self._plan_summary())
+
+    @work(thread=True, exclusive=True, group="launch")
+    def _launch_worker(self, spec: RunSpec, summary: dict[str, Any]) -> None:
+        from engine.run.operations import launch
+
+        try:
+            run = launch(spec, plan_summary=summary)
+        except FtuiError as error:
+            self.post_message(LaunchDone(None, str(error)))
+        except Exception as exc:
+            self.post_message(LaunchDone(None, f"launch failed: {type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(LaunchDone(run.run_id, None))
+
+    def on_launch_done(self, message: LaunchDone) -> None:
+        self.launching = False
+        self._refresh_readiness()
+        if message.run_id is None:
+            self.notify(
+                message.error or "launch failed", severity="error", timeout=10, markup=False
+            )
+            return
+        self.notify(f"launched {message.run_id}", markup=False)
+        self.post_message(OpenDashboard(message.run_id))
+
+    # -- dry run ---------------------------------------------------------------------------------
+    def action_dry_run(self) -> None:
+        if self.dry.running:
+            self.workers.cancel_group(self, "dryrun")
+            self.dry = DryRunView(error="cancelled")
+            self._render_summary()
+            return
+        if self.arch is None or self.config is None or self.knob_error is not None:
+            self.notify("Pick a model and a valid setup first.", severity="warning", markup=False)
+            return
+        self.dry_config = self.config
+        self.dry = DryRunView(running=True)
+        self._render_summary()
+        self._dry_worker(self.arch, self.config)
+
+    @work(thread=True, exclusive=True, group="dryrun")
+    def _dry_worker(self, arch: ModelArch, config: TrainingConfig) -> None:
+        from engine.plan.dryrun.entry import dry_run
+
+        worker = get_current_worker()
+        result: DryRunResult | None = None
+        error: str | None = None
+        try:
+            result = dry_run(arch, config)
+        except FtuiError as exc:
+            error = exc.message
+        except Exception as exc:  # a missing torch, an exotic architecture...
+            error = f"{type(exc).__name__}: {exc}"
+        if not worker.is_cancelled:
+            self.post_message(DryRunDone(config, result, error))
+
+    def on_dry_run_done(self, message: DryRunDone) -> None:
+        if not self.dry.running or message.config != self.dry_config:
+            return
+        self.dry = DryRunView(result=message.result, error=message.error)
+        self._render_summary()

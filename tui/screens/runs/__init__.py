@@ -1,0 +1,1 @@
+"""The runs list: every run with its status, and the stop/save/resume/delete dialogs."""
