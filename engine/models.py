@@ -158,24 +158,101 @@ def _read_config(path: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(data, dict):
         raise FtuiError(f"{path} does not hold a JSON object", "restore the model's config.json")
-    _check_arch_fields(data, path)
+    check_causal_lm(data, str(path))
     return data
 
 
-def _check_arch_fields(config: dict[str, Any], path: Path) -> None:
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    assert isinstance(text, dict)
-    missing = [
-        key
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-        if key not in text and not ({"n_embd", "n_layer", "n_head"} & set(text))
-    ]
-    if missing:
-        raise FtuiError(
-            f"{path} lacks {', '.join(missing)}: ftui can only plan decoder language models",
-            "pass the directory of a causal language model (its config.json has hidden_size, "
-            "num_hidden_layers, num_attention_heads and vocab_size)",
+# Model types that are encoders (masked LMs, embedders): transformers can bolt a causal head on
+# some of them, but a chat fine-tune of one is never what was meant. Used when a config.json
+# names no architecture.
+_ENCODER_TYPES = frozenset(
+    {
+        "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "distilbert", "albert", "electra",
+        "deberta", "deberta-v2", "camembert", "mpnet", "ernie", "modernbert", "nomic_bert",
+        "xlnet", "longformer", "big_bird", "convbert", "funnel", "layoutlm", "megatron-bert",
+        "rembert", "roformer", "squeezebert", "mobilebert", "esm", "data2vec-text",
+    }
+)  # fmt: skip
+# Architecture class names that generate text left to right.
+_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+# Dimensions every decoder has; (keys tried in order, smallest sane value).
+_DIMENSIONS: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("hidden_size", "n_embd", "d_model"), 1),
+    (("num_hidden_layers", "n_layer", "num_layers"), 1),
+    (("num_attention_heads", "n_head"), 1),
+    (("vocab_size",), 1),
+)
+_OPTIONAL_DIMENSIONS: tuple[tuple[str, int], ...] = (
+    ("num_key_value_heads", 1),
+    ("head_dim", 1),
+    ("intermediate_size", 1),
+    ("n_inner", 1),
+    ("max_position_embeddings", 1),
+    ("n_positions", 1),
+    ("moe_intermediate_size", 1),
+    *((key, 0) for key in _EXPERT_COUNT_KEYS),
+    *((key, 0) for key in _EXPERTS_PER_TOKEN_KEYS),
+)
+
+
+def _bad_dimension(where: str, problem: str) -> FtuiError:
+    return FtuiError(
+        f"{where}: {problem}",
+        "restore the model's original config.json: its dimensions (hidden_size, "
+        "num_hidden_layers, num_attention_heads, vocab_size, ...) are positive whole numbers",
+    )
+
+
+def _not_plannable(where: str, problem: str) -> FtuiError:
+    return FtuiError(
+        f"{where}: {problem}: ftui fine-tunes decoder language models (causal LMs) only",
+        "pass a causal language model: its config.json names a ...ForCausalLM architecture "
+        "and has hidden_size, num_hidden_layers, num_attention_heads and vocab_size",
+    )
+
+
+def check_causal_lm(config: dict[str, Any], where: str) -> None:
+    """Refuse a config that is not a decoder language model with sane, positive dimensions.
+
+    `where` names the config for the message (its path, or the profile)."""
+    text_config = config.get("text_config")
+    text = text_config if isinstance(text_config, dict) else config
+    if config.get("is_encoder_decoder") is True or text.get("is_encoder_decoder") is True:
+        raise _not_plannable(where, f"{config.get('model_type', 'it')} is an encoder-decoder model")
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures:
+        names = [str(a) for a in architectures]
+        if not any(name.endswith(_CAUSAL_HEADS) for name in names):
+            raise _not_plannable(where, f"its architecture {', '.join(names)} is not a causal LM")
+    elif str(text.get("model_type", config.get("model_type", ""))) in _ENCODER_TYPES:
+        model_type = text.get("model_type", config.get("model_type"))
+        raise _not_plannable(where, f"model_type {model_type!r} is an encoder")
+    values: dict[str, int] = {}
+    for keys, smallest in _DIMENSIONS:
+        present = [key for key in keys if text.get(key) is not None]
+        if not present:
+            raise _not_plannable(where, f"it lacks {keys[0]}")
+        values[keys[0]] = _dimension(text, present[0], smallest, where)
+    for key, smallest in _OPTIONAL_DIMENSIONS:
+        if text.get(key) is not None:
+            values[key] = _dimension(text, key, smallest, where)
+    heads, kv_heads = values["num_attention_heads"], values.get("num_key_value_heads")
+    if kv_heads is not None and heads % kv_heads:
+        raise _bad_dimension(
+            where, f"num_attention_heads {heads} do not split into num_key_value_heads {kv_heads}"
         )
+    if "head_dim" not in values and values["hidden_size"] < heads:
+        raise _bad_dimension(
+            where, f"hidden_size {values['hidden_size']} is below num_attention_heads {heads}"
+        )
+
+
+def _dimension(config: dict[str, Any], key: str, smallest: int, where: str) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+        need = "a positive whole number" if smallest else "a whole number, 0 or more"
+        raise _bad_dimension(where, f"{key} is {json.dumps(value)}, not {need}")
+    return value
 
 
 def _hf_cache_entries(cache: Path) -> dict[str, Path]:
@@ -234,6 +311,7 @@ def resolve_model(name: str, *, hf_cache: Path | None = None) -> ModelArch:
 
     profile = find_model_profile(text)
     if profile is not None:
+        check_causal_lm(dict(profile.config), f"profile {profile.id}")
         return ModelArch(
             name=profile.id,
             source="profile",

@@ -209,10 +209,7 @@ def plan(request: PlanRequest) -> Plan:
     recommending = not fully_pinned(request.pinned, request.machine.count)
     configs = list(candidate_configs(request))
     if not configs:
-        raise ConfigError(
-            "no valid configuration with the pinned options",
-            "drop one of the pinned flags (e.g. --sharding or --offload)",
-        )
+        raise _no_configuration(request)
     candidates = [evaluate(request, c) for c in configs]
     fitting = sorted((c for c in candidates if c.fits), key=_rank_key)
     if not recommending:
@@ -243,6 +240,26 @@ def plan(request: PlanRequest) -> Plan:
     extra = [c for c in per_method.values() if c is not best and c not in front]
     alternatives = tuple(sorted(front + extra, key=_rank_key)[:6])
     return Plan(best, alternatives, len(candidates), True, (), request)
+
+
+def _no_configuration(request: PlanRequest) -> ConfigError:
+    """Why the search found nothing to try, and the fix."""
+    pinned = request.pinned
+    gpus = int(pinned.get("num_gpus", request.machine.count))
+    effective = request.effective_batch or DEFAULT_EFFECTIVE_BATCH
+    if gpus > effective and "batch" not in pinned and "grad_accum" not in pinned:
+        given = "--effective-batch" if request.effective_batch else "the default effective batch"
+        return ConfigError(
+            f"{gpus} GPUs need at least {gpus} sequences per optimizer step (one per GPU), "
+            f"but {given} is {effective}",
+            f"pass --effective-batch {gpus} or more, or plan for {effective} GPUs or fewer "
+            f"(--num-gpus {effective})",
+        )
+    flags = [f"--{name.replace('_', '-')}" for name in pinned if name != "num_gpus"]
+    return ConfigError(
+        "no valid configuration with the pinned options",
+        f"drop one of the pinned flags ({', '.join(flags)})" if flags else "see `ftui plan -h`",
+    )
 
 
 def fully_pinned(pinned: dict[str, Any], gpu_count: int) -> bool:

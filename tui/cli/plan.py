@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if not 0.1 <= args.headroom <= 1.0:
         raise FtuiError(f"--headroom {args.headroom} is not a share", "use e.g. --headroom 0.9")
-    if args.epochs <= 0:
-        raise FtuiError("--epochs must be positive", "e.g. --epochs 3")
+    if not (math.isfinite(args.epochs) and args.epochs > 0):
+        raise FtuiError(f"--epochs {args.epochs} is not a positive number", "e.g. --epochs 3")
+    if args.rope_scaling is not None and not (
+        math.isfinite(args.rope_scaling) and args.rope_scaling >= 1
+    ):
+        raise FtuiError(
+            f"--rope-scaling {args.rope_scaling}: a RoPE scaling factor stretches the context, "
+            "so it is 1 or more",
+            "e.g. --rope-scaling 2 to double the model's max positions, or leave it out",
+        )
+    if args.effective_batch is not None and args.effective_batch < 1:
+        raise FtuiError(
+            f"--effective-batch must be at least 1 (got {args.effective_batch})",
+            "e.g. --effective-batch 16",
+        )
     arch = resolve_model(args.model)
     pinned = pinned_knobs(args)
     machine = resolve_machine(
@@ -124,6 +138,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     pinned.setdefault("num_gpus", machine.count)
     stats = None
+    if args.train_tokens is not None and args.train_tokens < 1:
+        raise FtuiError(
+            f"--train-tokens must be at least 1 (got {args.train_tokens})",
+            "e.g. --train-tokens 10000000, or pass --dataset to count them",
+        )
     train_tokens = args.train_tokens or DEFAULT_TRAIN_TOKENS
     if args.dataset is not None:
         stats, _lengths = estimate_lengths(args.dataset)
