@@ -31,6 +31,9 @@ __all__ = [
     "normalize_name",
 ]
 
+# PCIe x16 one-way bandwidth by generation, GB/s (after 128b/130b encoding; 6.0 after FLIT).
+PCIE_X16_GBS = {3: 15.75, 4: 31.5, 5: 63.0, 6: 121.0}
+
 # Words that vendors put in front of a GPU's name and users leave out ("rtx4090" == "4090").
 _GPU_NAME_NOISE = ("nvidia", "geforce", "tesla", "rtx", "quadro")
 
@@ -71,6 +74,17 @@ class GpuProfile:
     @property
     def memory_total_bytes(self) -> int:
         return self.memory_total_mib * 1024 * 1024
+
+    @property
+    def pcie_gbs(self) -> float:
+        """One-way bandwidth of the card's PCIe x16 link, GB/s."""
+        return PCIE_X16_GBS.get(self.pcie_gen, PCIE_X16_GBS[4])
+
+    @property
+    def interconnect_gbs(self) -> float:
+        """One-way GPU-to-GPU bandwidth inside a node: NVLink (the profile gives both
+        directions together) or, without it, PCIe."""
+        return self.nvlink_gbs / 2 if self.nvlink_gbs > 0 else self.pcie_gbs
 
     @property
     def compute_capability_tuple(self) -> tuple[int, int]:

@@ -40,6 +40,9 @@ _TARGET_NAMES = {
     "k_proj": "k_proj",
     "v_proj": "v_proj",
     "o_proj": "o_proj",
+    "gate_proj": "gate_proj",
+    "up_proj": "up_proj",
+    "down_proj": "down_proj",
     "c_attn": "q_proj",  # gpt_bigcode's fused qkv projection
     "query_key_value": "q_proj",
 }
@@ -104,10 +107,10 @@ def _targets(text: str) -> tuple[str, ...] | None:
     text = text.lower().strip()
     if not text:
         return None
-    if text.startswith("all"):
+    if text.startswith(("all", "*_proj")):
         return ("all-linear",)
     names: list[str] = []
-    for part in re.split(r"[,\s]+", text):
+    for part in re.split(r"[,|\s]+", text):
         name = _TARGET_NAMES.get(part)
         if name is None:
             return None
@@ -132,7 +135,8 @@ def _gpu_gib(text: str) -> float | None:
     return float(match.group(1)) * 1e9 / GIB if match else None
 
 
-def _row_config(row: dict[str, str]) -> TrainingConfig | None:
+def _row_config(row: dict[str, str], seq_len: int | None = None) -> TrainingConfig | None:
+    """The row's setup; both CSVs share these columns (`seq_len` for rows that leave it blank)."""
     method = row["method"]
     dora = method == "dora"
     if dora:
@@ -185,9 +189,9 @@ def _row_config(row: dict[str, str]) -> TrainingConfig | None:
         dtype=dtype,
         pure_bf16=pure,
         optim="adamw_torch",
-        grad_ckpt=row["grad_ckpt"].lower().startswith("yes"),
+        grad_ckpt=row["grad_ckpt"].lower().startswith(("yes", "true")),
         batch=int(row["micro_batch_size"]),
-        seq_len=int(row["seq_len"]),
+        seq_len=seq_len or int(row["seq_len"]),
         attn=attn,
         num_gpus=num_gpus,
         sharding=sharding,
@@ -279,3 +283,132 @@ def summary(comparisons: list[Comparison]) -> dict[str, float]:
         "oom_rows": float(sum(1 for c in comparisons if c.error is None)),
         "oom_predicted": float(sum(1 for c in comparisons if c.oom_predicted)),
     }
+
+
+# -- throughput rows -------------------------------------------------------------------------
+
+# Which profile each source's GPU text means (fms's "a100_80gb" file: SXM nodes with NVLink).
+_GPU_IDS = (
+    ("a100-sxm4-40gb", "a100-40gb"),
+    ("a100", "a100-80gb"),
+    ("l40s", "l40s"),
+    ("l40", "l40"),
+    ("h100", "h100"),
+    ("rtx a6000", "a6000"),
+    ("a10g", "a10g"),
+    ("4090", "4090"),
+)
+# The training loop behind each source, as the error table groups them.
+_STACKS = {
+    "fms-acceleration": "HF Trainer",
+    "peft-method-comparison": "PyTorch loop",
+    "NeMo AutoModel perf summary": "NeMo (TE kernels)",
+}
+# fms-acceleration's stock setups (no plugin; HF/PEFT bitsandbytes; bnb loading plugin only).
+_STOCK_FMS = ("none", "baseline-peft-bnb", "accelerated-peft-bnb")
+_KERNEL_MARKERS = (*FUSED_MARKERS, "padding-free", "multipack", "scattermoe", "megablocks")
+# PEFT comparison experiments that change what a LoRA step computes (or that ftui cannot run).
+_LORA_VARIANTS = ("bdlora", "lorafa", "mica", "-ff")
+
+
+@dataclass(frozen=True)
+class ThroughputRow:
+    row_id: str
+    source: str
+    stack: str  # the training loop (HF Trainer, a plain PyTorch loop, torchtune, NeMo)
+    model: str
+    arch: ModelArch
+    config: TrainingConfig  # seq_len = tokens per sequence the GPU computed
+    gpu: str  # GPU profile id
+    measured_tokens_per_s: float  # the whole job (all GPUs)
+    comparable: bool  # ftui's own stack, stock kernels, token counts that mean real compute
+    why_not: str = ""  # for rows that are not comparable
+
+
+def _tokens_per_sequence(row: dict[str, str]) -> int | None:
+    if row["seq_len"].strip().isdigit() and "packed" in row["seq_len_kind"].lower():
+        return int(row["seq_len"])
+    try:  # variable lengths: the run's counted tokens over the sequences it trained
+        tokens = float(row["tokens_in_run_total"])
+        sequences = float(row["optimizer_steps"]) * float(row["global_batch_samples"])
+    except ValueError:
+        return int(row["seq_len"]) if row["seq_len"].strip().isdigit() else None
+    return round(tokens / sequences) if sequences > 0 else None
+
+
+def _not_comparable(row: dict[str, str], stack: str) -> str:
+    """Why a row cannot check ftui's own speed ("" when it can)."""
+    opts = row["extra_opts"].lower()
+    if stack == "HF Trainer":
+        if opts.split("::")[0].strip() not in _STOCK_FMS:
+            return "fused or third-party kernels"
+        if "first micro-batch" in row["how_measured"].lower():
+            return "token count extrapolated from the first micro-batch (padding)"
+        return ""
+    if stack == "PyTorch loop":
+        experiment = re.search(r"experiment=(\S+?);", row["notes"])
+        name = experiment.group(1) if experiment else ""
+        if any(v in name for v in _LORA_VARIANTS):
+            return "a LoRA variant ftui does not run"
+        return ""
+    return f"another training stack ({row['source']})"
+
+
+def throughput_rows(csv_path: Path) -> tuple[list[ThroughputRow], list[tuple[str, str]]]:
+    """The primary measured tokens/s rows ftui can model, each marked comparable or not;
+    ([rows], [(row id, why it could not be modelled)])."""
+    kept: list[ThroughputRow] = []
+    excluded: list[tuple[str, str]] = []
+    with csv_path.open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rid = row["id"]
+            if not row["primary"].startswith("yes"):
+                excluded.append((rid, "not primary (a re-measurement)"))
+                continue
+            if not row["tokens_per_s_total"]:
+                excluded.append((rid, "no tokens/s (OOM or no result)"))
+                continue
+            source = row["source"]
+            stack = _STACKS.get(source, "torchtune" if "torchtune" in source else "")
+            gpu = next((pid for key, pid in _GPU_IDS if key in row["gpu"].lower()), None)
+            seq = _tokens_per_sequence(row)
+            arch_config = _parse_arch(row["arch"], row["hf_model_id"], row["model"])
+            if not stack or gpu is None or seq is None or arch_config is None:
+                excluded.append((rid, "stack, GPU, sequence length or architecture unknown"))
+                continue
+            if (
+                any(m in row["extra_opts"].lower() for m in _KERNEL_MARKERS)
+                and stack != "HF Trainer"
+            ):
+                excluded.append((rid, "fused kernels"))
+                continue
+            if "-dora" in row["notes"]:
+                row = {**row, "method": "dora"}
+            try:
+                config = _row_config(row, seq_len=seq)
+            except ValueError:
+                config = None
+            if config is None:
+                excluded.append((rid, f"method or targets outside ftui ({row['method']})"))
+                continue
+            if row["grad_accum"].strip().isdigit():
+                config = config.with_changes(grad_accum=int(row["grad_accum"]))
+            arch = ModelArch(
+                name=row["model"], source="reference", config=arch_config, hf_id=row["hf_model_id"]
+            )
+            why = _not_comparable(row, stack)
+            kept.append(
+                ThroughputRow(
+                    row_id=rid,
+                    source=source,
+                    stack=stack,
+                    model=row["model"],
+                    arch=arch,
+                    config=config,
+                    gpu=gpu,
+                    measured_tokens_per_s=float(row["tokens_per_s_total"]),
+                    comparable=not why,
+                    why_not=why,
+                )
+            )
+    return kept, excluded
