@@ -1,0 +1,157 @@
+"""Token counts without a tokenizer: a script-aware estimate from character classes.
+
+BPE vocabularies spend tokens very differently on different scripts: an English word of ~5
+letters is usually one token, a Han character is most of one, a digit is one (Qwen) or a third
+(DeepSeek). One characters-per-token ratio for every language under-counts Chinese text ~1.7x and
+over-counts English ~1.3x, so the estimate counts five classes of characters separately, each
+with its own tokens-per-character ratio:
+
+- ``cjk``: Han, kana and hangul letters;
+- ``letters``: every other letter (Latin, Cyrillic, Greek, Arabic, ...);
+- ``digits``;
+- ``breaks``: runs of whitespace other than the single spaces between words (line breaks,
+  blank lines, indentation: about one token per run in byte-level BPE; a single space is merged
+  into the next word and costs nothing);
+- ``punct``: everything else (ASCII and full-width punctuation, symbols, emoji).
+
+The ratios (`CENTRAL`) were fitted with `benchmarks/token_estimate.py` to two real tokenizers
+(Qwen2.5's and DeepSeek-V4's BPE) on real chat, tool-call, web and code data; `LOW` and `HIGH`
+are the fits of the tokenizer that counts fewest and most, and give the estimate's range.
+docs/data.md lists the ratios, their sources and the measured errors.
+
+A chat conversation adds the template's markers per turn (`TEMPLATE_TOKENS` for ChatML-style
+templates: ``<|im_start|>role\\n ... <|im_end|>\\n``); a pre-training document adds its EOS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.data.records import Sample
+
+# Han (CJK unified ideographs, extensions, compatibility), kana (hiragana, katakana, half-width
+# katakana) and hangul (jamo, compatibility jamo, syllables).
+_CJK = re.compile(
+    "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+    "\u3041-\u309f\u30a0-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9d"
+    "\u1100-\u11ff\u3131-\u318e\uac00-\ud7a3]"
+)
+_LETTER = re.compile(r"[^\W\d_]")
+_WORD = re.compile(r"[^\W\d_]+")
+_DIGIT = re.compile(r"\d")
+_SPACE = re.compile(r"\s")
+# Whitespace that costs a token of its own: a run of two or more whitespace characters (an
+# indentation, a blank line) or a lone tab or line break; a single space joins the next word.
+_BREAK = re.compile(r"\s{2,}|[^\S ]")
+
+TEMPLATE_TOKENS = 4  # per chat turn: ChatML, Llama 3 and Gemma markers take 5, DeepSeek's 2
+DOCUMENT_TOKENS = 1  # a pre-training document's EOS
+
+
+@dataclass(frozen=True)
+class CharClasses:
+    """How many characters of each class a text holds (and its words of non-CJK letters)."""
+
+    cjk: int = 0
+    letters: int = 0
+    words: int = 0
+    digits: int = 0
+    breaks: int = 0
+    punct: int = 0
+
+    def __add__(self, other: CharClasses) -> CharClasses:
+        return CharClasses(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) for name in CLASS_NAMES)
+
+
+CLASS_NAMES = ("cjk", "letters", "words", "digits", "breaks", "punct")
+
+
+def char_classes(text: str) -> CharClasses:
+    """Count each class of characters in `text` (regex passes: C speed on long texts)."""
+    if not text:
+        return CharClasses()
+    cjk = _CJK.subn("", text)[1]
+    letters = _LETTER.subn("", text)[1] - cjk
+    words = _WORD.subn("", _CJK.sub(" ", text))[1] if letters else 0
+    digits = _DIGIT.subn("", text)[1]
+    spaces = _SPACE.subn("", text)[1]
+    breaks = _BREAK.subn("", text)[1]
+    punct = len(text) - cjk - letters - digits - spaces
+    return CharClasses(cjk, letters, words, digits, breaks, punct)
+
+
+@dataclass(frozen=True)
+class TokenRatios:
+    """Tokens per character of each class (per word for `words`), per chat turn for the
+    template's markers and per pre-training document for its EOS / BOS."""
+
+    cjk: float
+    letters: float
+    words: float
+    digits: float
+    breaks: float
+    punct: float
+    turn: float = TEMPLATE_TOKENS
+    document: float = DOCUMENT_TOKENS
+
+    def text_tokens(self, classes: CharClasses) -> float:
+        return sum(
+            getattr(self, name) * count
+            for name, count in zip(CLASS_NAMES, classes.as_tuple(), strict=True)
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in (*CLASS_NAMES, "turn", "document")}
+
+
+# Fitted by benchmarks/token_estimate.py (docs/data.md gives the data and the errors). CENTRAL:
+# both tokenizers together; LOW / HIGH: each ratio's smaller / larger value of the two
+# tokenizers' own fits, with their templates' overheads (DeepSeek's 2 tokens per turn and a
+# BOS + EOS per document; ChatML's 5 per turn and an EOS).
+CENTRAL = TokenRatios(cjk=0.568, letters=0.025, words=0.974, digits=0.561, breaks=1.421, punct=0.61)
+LOW = TokenRatios(
+    cjk=0.539, letters=0.021, words=0.957, digits=0.368, breaks=1.222, punct=0.579, turn=2
+)
+HIGH = TokenRatios(
+    cjk=0.597,
+    letters=0.027,
+    words=0.985,
+    digits=1.069,
+    breaks=1.695,
+    punct=0.62,
+    turn=5,
+    document=2,
+)
+
+
+def estimate_tokens(texts: Iterable[str], *, turns: int = 0, ratios: TokenRatios = CENTRAL) -> int:
+    """Tokens of a sample: its texts by character class, plus the template's markers per chat
+    turn (`turns` > 0) or a plain document's EOS (`turns` == 0)."""
+    classes = CharClasses()
+    for text in texts:
+        classes = classes + char_classes(text)
+    overhead = ratios.turn * turns if turns > 0 else ratios.document
+    return max(1, round(ratios.text_tokens(classes) + overhead))
+
+
+def estimate_sample(sample: Sample, *, ratios: TokenRatios = CENTRAL) -> int:
+    """Estimated tokens of the longest sequence a sample trains on (a preference pair: the
+    prompt with the longer of chosen/rejected)."""
+    if sample.text is not None:
+        return estimate_tokens([sample.text], ratios=ratios)
+    answers = [sample.chosen, sample.rejected] if sample.chosen is not None else [[]]
+    return max(
+        estimate_tokens(
+            [t["content"] for t in [*sample.turns, *(answer or [])]],
+            turns=len(sample.turns) + len(answer or []),
+            ratios=ratios,
+        )
+        for answer in answers
+    )
