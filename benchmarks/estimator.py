@@ -12,6 +12,7 @@ from engine.machine.fakenvml import parse_simulate_spec
 from engine.models import resolve_model
 from engine.plan.estimator import estimate_memory
 from engine.plan.planner import Machine, PlanRequest, plan
+from engine.plan.throughput import tokens_per_s
 from engine.training_config import TrainingConfig
 
 
@@ -57,6 +58,21 @@ def main() -> None:
     print(
         f"analytic estimator: {len(configs):,} estimates in {elapsed:.3f} s "
         f"= {len(configs) / elapsed:,.0f} estimates/s (one core)"
+    )
+    gpu = parse_simulate_spec("h100")[0]
+    tokens_per_s(arch, configs[0], gpu)  # warm
+    start = time.perf_counter()
+    for config in configs:
+        tokens_per_s(arch, config, gpu)
+    speed = time.perf_counter() - start
+    print(
+        f"speed model: {len(configs):,} estimates in {speed:.3f} s "
+        f"= {len(configs) / speed:,.0f} estimates/s (one core)"
+    )
+    both = elapsed + speed
+    print(
+        f"memory + speed (what the planner scores per setup): "
+        f"{len(configs) / both:,.0f} estimates/s (one core)"
     )
     for model, spec in (("llama-3.1-8b", "4090"), ("llama-3.3-70b", "h100x8")):
         profiles = parse_simulate_spec(spec)

@@ -1,9 +1,12 @@
 """The planner: search the knobs a user did not pin, keep what fits, rank by speed.
 
-Candidates are scored with the analytic estimator (microseconds each). A candidate fits when
-its device-level peak is within `headroom` of the GPU's memory. The best plan is the fastest
-that fits; runners-up are the Pareto front over (memory, speed, quality risk of the method).
-When nothing fits, `suggestions` says what would.
+Candidates are scored with the analytic estimator and the speed model (engine.plan.throughput;
+microseconds each). Speed is the point estimate, times a measured correction when a run of
+the same kind (architecture, method, GPU type, GPU count) has reported its real speed; each
+candidate also carries the likely band around it (the speed model's residuals). A candidate
+fits when its device-level peak is within `headroom` of the GPU's memory. The best plan is
+the fastest that fits; runners-up are the Pareto front over (memory, speed, quality risk of
+the method). When nothing fits, `suggestions` says what would.
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.corrections import CorrectionKey, correction_for
-from engine.plan.estimator import GIB, MemoryEstimate, estimate_memory, training_flops_per_token
+from engine.plan.corrections import (
+    CorrectionKey,
+    SpeedCorrection,
+    SpeedKey,
+    correction_for,
+    load_speed_corrections,
+)
+from engine.plan.estimator import GIB, MemoryEstimate, estimate_memory
+from engine.plan.throughput import SPEED_BAND, tokens_per_s
 from engine.training_config import ConfigError, TrainingConfig
 from profiles import GpuProfile, gpu_profiles
 
-# Share of the GPU's peak bf16 FLOP/s a stock HF Trainer step reaches (model FLOPs
-# utilisation), by method: QLoRA pays for dequantising 4-bit weights every matmul.
-MFU = {"full": 0.40, "lora": 0.36, "qlora": 0.26}
 QUALITY_RISK = {"full": 0, "lora": 1, "qlora": 2}
 DEFAULT_EFFECTIVE_BATCH = 16
 DEFAULT_TRAIN_TOKENS = 10_000_000
@@ -54,13 +61,31 @@ class Candidate:
     config: TrainingConfig
     memory: MemoryEstimate
     fits: bool
-    tokens_per_s: float
+    tokens_per_s: float  # the point estimate the planner ranks by (the job's total)
     eta_s: float
     cost_usd: float
+    # Likely range of tokens/s (low, high): the speed model's residual band around the point.
+    tokens_per_s_band: tuple[float, float] = (0.0, 0.0)
+    # measured/planned ratio of an earlier run of the same kind, already applied; None if none.
+    speed_correction: float | None = None
 
     @property
     def risk(self) -> int:
         return QUALITY_RISK[self.config.method]
+
+    @property
+    def eta_band(self) -> tuple[float, float]:
+        """(shortest, longest) likely ETA in seconds: the speed band, inverted."""
+        low, high = self.tokens_per_s_band
+        if low <= 0 or high <= 0:
+            return (self.eta_s, self.eta_s)
+        return (self.eta_s * self.tokens_per_s / high, self.eta_s * self.tokens_per_s / low)
+
+    @property
+    def cost_band(self) -> tuple[float, float]:
+        short, long = self.eta_band
+        scale = self.cost_usd / self.eta_s if self.eta_s > 0 else 0.0
+        return (short * scale, long * scale)
 
 
 @dataclass
@@ -72,6 +97,8 @@ class PlanRequest:
     train_tokens: int = DEFAULT_TRAIN_TOKENS  # tokens per epoch
     epochs: float = 1.0
     effective_batch: int | None = None
+    # Measured speed corrections by SpeedKey string; loaded once per plan when None.
+    speed_corrections: dict[str, SpeedCorrection] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,25 +115,13 @@ class Plan:
 
 
 def throughput_tokens_per_s(arch: ModelArch, config: TrainingConfig, machine: Machine) -> float:
-    """Estimated trained tokens/s across all GPUs (see docs/estimator.md, throughput model)."""
-    flops = training_flops_per_token(arch, config)
-    tflops = machine.gpu.bf16_tflops if config.dtype != "fp32" else machine.gpu.bf16_tflops / 8
-    mfu = MFU[config.method]
-    tokens = config.tokens_per_micro_batch
-    mfu *= tokens / (tokens + 512)  # small micro-batches leave the GPU idle between kernels
-    nvlink = machine.gpu.nvlink_gbs > 0
-    if config.num_gpus > 1:
-        mfu *= {
-            "none": 0.95,
-            "zero1": 0.95,
-            "zero2": 0.93,
-            "zero3": 0.85 if nvlink else 0.65,
-            "fsdp": 0.87 if nvlink else 0.67,
-        }[config.sharding]
-    mfu *= {"none": 1.0, "optimizer": 0.75, "params": 0.35}[config.offload]
-    if config.optim.startswith("paged_"):
-        mfu *= 0.97
-    return config.num_gpus * tflops * 1e12 * mfu / flops
+    """Estimated trained tokens/s across all GPUs, before any measured correction (the speed
+    model: engine/plan/throughput.py, docs/estimator.md)."""
+    return tokens_per_s(arch, config, machine.gpu)
+
+
+def speed_key(arch: ModelArch, config: TrainingConfig, machine: Machine) -> SpeedKey:
+    return SpeedKey(arch.model_type, config.method, machine.gpu.id, config.num_gpus)
 
 
 # -- search ----------------------------------------------------------------------------------
@@ -175,10 +190,17 @@ def evaluate(request: PlanRequest, config: TrainingConfig) -> Candidate:
     memory = estimate_memory(request.arch, config, correction=correction)
     fits = memory.device_bytes <= request.headroom * machine.memory_bytes
     tps = throughput_tokens_per_s(request.arch, config, machine)
+    if request.speed_corrections is None:
+        request.speed_corrections = load_speed_corrections()
+    measured = request.speed_corrections.get(speed_key(request.arch, config, machine).as_str())
+    if measured is not None:
+        tps *= measured.ratio
     total_tokens = request.train_tokens * request.epochs
     eta = total_tokens / tps if tps > 0 else float("inf")
     cost = eta / 3600 * machine.gpu.price_usd_per_hour * config.num_gpus
-    return Candidate(config, memory, fits, tps, eta, cost)
+    band = SPEED_BAND.around(tps)
+    ratio = measured.ratio if measured is not None else None
+    return Candidate(config, memory, fits, tps, eta, cost, band, ratio)
 
 
 def _pareto(candidates: list[Candidate]) -> list[Candidate]:

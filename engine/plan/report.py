@@ -21,8 +21,14 @@ def candidate_to_dict(c: Candidate, plan: Plan) -> dict[str, Any]:
         "fits": c.fits,
         "gpu": {**machine.to_dict(), "count": c.config.num_gpus},
         "throughput_tokens_per_s": round(c.tokens_per_s, 1),
+        # Likely range (the speed model's residual band, p10-p90 of measured/predicted).
+        "throughput_band_tokens_per_s": [round(v, 1) for v in c.tokens_per_s_band],
         "eta_s": round(c.eta_s, 1),
+        "eta_band_s": [round(v, 1) for v in c.eta_band],
         "cost_usd": round(c.cost_usd, 2),
+        "cost_band_usd": [round(v, 2) for v in c.cost_band],
+        # measured/planned speed of an earlier run of this kind, already applied (or null)
+        "speed_correction": c.speed_correction,
         "quality_risk": c.risk,
     }
 

@@ -34,6 +34,28 @@ PART_STYLE = {
 }
 
 
+def speed_text(c: Candidate, train_tokens: float, price_per_hour: float) -> Text:
+    """Tokens/s, ETA and cost, each with the likely range ("ETA 2h 10m, likely 1h 50m to
+    2h 35m"), and whether a measured run of this kind corrected them."""
+    slow, fast = c.tokens_per_s_band
+    short, long = c.eta_band
+    cheap, dear = c.cost_band
+    text = Text()
+    text.append(f"~{c.tokens_per_s:,.0f} tokens/s", "bold")
+    text.append(f" (likely {slow:,.0f} to {fast:,.0f})")
+    text.append(" · ETA ")
+    text.append(duration(c.eta_s), "bold")
+    text.append(f", likely {duration(short)} to {duration(long)}, for {train_tokens / 1e6:,.1f}M")
+    text.append(" tokens · cost ")
+    text.append(f"~${c.cost_usd:,.2f}", "bold")
+    text.append(f" (likely ${cheap:,.2f} to ${dear:,.2f}) at ${price_per_hour:.2f}/GPU-hour")
+    if c.speed_correction is not None:
+        text.append(
+            f" · corrected by a measured run of this kind (x{c.speed_correction:.2f})", "cyan"
+        )
+    return text
+
+
 def breakdown_bar(c: Candidate, capacity: float, width: int = 60) -> Text:
     """The device-level peak as stacked parts against the GPU's capacity."""
     total = max(capacity, c.memory.device_bytes)
@@ -118,12 +140,10 @@ def print_plan(
     if mem.host_bytes:
         console.print(f"host RAM for offloaded states: {mem.host_bytes / GIB:.1f} GiB")
     tokens = plan.request.train_tokens * plan.request.epochs
-    console.print(
-        f"speed ~{chosen.tokens_per_s:,.0f} tokens/s · ETA {duration(chosen.eta_s)} for "
-        f"{tokens / 1e6:,.1f}M tokens · cost ~${chosen.cost_usd:,.2f} "
-        f"at ${machine.gpu.price_usd_per_hour:.2f}/GPU-hour"
-        + ("" if stats else " [dim](pass --dataset for your data)[/dim]")
-    )
+    speed = Text("speed ") + speed_text(chosen, tokens, machine.gpu.price_usd_per_hour)
+    if not stats:
+        speed.append(" (pass --dataset for your data)", "dim")
+    console.print(speed)
     for note in mem.notes:
         console.print(f"[dim]note: {note}[/dim]")
     if dry is not None:

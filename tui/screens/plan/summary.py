@@ -16,7 +16,7 @@ from engine.humanize import duration
 from engine.plan.dryrun.entry import DryRunResult
 from engine.plan.estimator import GIB
 from engine.plan.planner import Candidate, Machine
-from tui.cli.render_plan import PART_STYLE, PHASE_LABEL, breakdown_bar, setup_line
+from tui.cli.render_plan import PART_STYLE, PHASE_LABEL, breakdown_bar, setup_line, speed_text
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,7 @@ def render_summary(view: SummaryView, width: int) -> RenderableType:
     lines.append(Text(f"at the {PHASE_LABEL.get(mem.peak_phase, mem.peak_phase)}", style="dim"))
     if mem.host_bytes:
         lines.append(Text(f"host RAM for offloaded states: {mem.host_bytes / GIB:.1f} GiB"))
-    speed = Text()
-    speed.append(f"~{c.tokens_per_s:,.0f} tokens/s", "bold")
-    speed.append(
-        f" · ETA {duration(c.eta_s)} for {view.train_tokens / 1e6:,.1f}M tokens · "
-        f"~${c.cost_usd:,.2f} at ${machine.gpu.price_usd_per_hour:.2f}/GPU-hour"
-    )
+    speed = speed_text(c, view.train_tokens, machine.gpu.price_usd_per_hour)
     if not view.tokens_from_dataset:
         speed.append(" (assumed until a dataset is checked)", "dim")
     lines.append(speed)
