@@ -1,10 +1,13 @@
-"""Measured GPU-memory rows (a CSV of published fine-tuning benchmarks) as estimator checks.
+"""Measured fine-tuning runs (CSVs of published benchmarks) as checks of the memory estimator
+and of the speed model.
 
 The CSV format: one row per measured run, with the model's architecture in short form
 (`h=4096,L=32,H=32,kv=8,ffn=14336,V=32000,tied=0`), the setup, and the peak with the metric it
 measured (torch allocated, torch reserved, or nvidia-smi). `comparable_rows` keeps the rows
 whose stack is ftui's own (HF Trainer / PEFT, stock kernels, full / LoRA / QLoRA) and turns
-each into (architecture, TrainingConfig, metric, measured GiB).
+each into (architecture, TrainingConfig, metric, measured GiB). `throughput_rows` does the same
+for the tokens/s CSV, with the same column parsing, and marks the rows that can check ftui's
+own speed (stock HF/PyTorch, no fused kernels, token counts that mean real compute).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from engine.models import ModelArch
 from engine.plan.estimator import DEFAULT_CALIBRATION, GIB, Calibration, estimate_memory
+from engine.plan.throughput import ThroughputCalibration
 from engine.training_config import TrainingConfig
 
 # Architectures whose (pre-transformers-5) modeling code computed the loss on compute-dtype logits.
@@ -412,3 +416,61 @@ def throughput_rows(csv_path: Path) -> tuple[list[ThroughputRow], list[tuple[str
                 )
             )
     return kept, excluded
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    row: ThroughputRow
+    predicted_tokens_per_s: float
+    error: float  # (predicted - measured) / measured
+
+
+def compare_throughput(
+    rows: list[ThroughputRow], calibration: ThroughputCalibration | None = None
+) -> list[SpeedComparison]:
+    """Predicted vs measured job tokens/s for each row (the GPU from its profile)."""
+    from engine.plan.throughput import DEFAULT_THROUGHPUT_CALIBRATION, tokens_per_s
+    from profiles import find_gpu_profile
+
+    out: list[SpeedComparison] = []
+    for row in rows:
+        gpu = find_gpu_profile(row.gpu)
+        if gpu is None:
+            continue
+        predicted = tokens_per_s(
+            row.arch, row.config, gpu, calibration or DEFAULT_THROUGHPUT_CALIBRATION
+        )
+        error = (predicted - row.measured_tokens_per_s) / row.measured_tokens_per_s
+        out.append(SpeedComparison(row, predicted, error))
+    return out
+
+
+def speed_summary(comparisons: list[SpeedComparison]) -> dict[str, float]:
+    """Rows, median, p90 and max |error|, and the signed median (bias)."""
+    errors = sorted(abs(c.error) for c in comparisons)
+    if not errors:
+        return {"rows": 0.0, "median": 0.0, "p90": 0.0, "max": 0.0, "bias": 0.0}
+    p90 = errors[min(len(errors) - 1, max(0, -(-9 * len(errors) // 10) - 1))]
+    return {
+        "rows": float(len(errors)),
+        "median": statistics.median(errors),
+        "p90": p90,
+        "max": errors[-1],
+        "bias": statistics.median(c.error for c in comparisons),
+    }
+
+
+def speed_groups(row: ThroughputRow) -> dict[str, str]:
+    """The subgroups the error table splits by."""
+    c = row.config
+    method = "dora" if c.dora else c.method
+    if c.method == "qlora":
+        method += " (fp32 upcast)" if c.kbit_upcast else " (16-bit)"
+    sharding = c.sharding if c.num_gpus > 1 else "single GPU"
+    return {
+        "source": row.stack,
+        "gpu": f"{row.gpu} x{c.num_gpus}",
+        "method": method,
+        "sharding": sharding,
+        "model": row.model,
+    }
