@@ -309,6 +309,12 @@ def resolve_model(name: str, *, hf_cache: Path | None = None) -> ModelArch:
             name=text, source="dir", config=_read_config(path), path=str(path.parent.absolute())
         )
 
+    if text.startswith(("/", "./", "../", "~")) and not path.exists():
+        raise FtuiError(
+            f"model folder {path} does not exist",
+            "pass the folder that holds the model's config.json, or a profile name "
+            "(`ftui models` lists them)",
+        )
     profile = find_model_profile(text)
     if profile is not None:
         check_causal_lm(dict(profile.config), f"profile {profile.id}")

@@ -204,20 +204,25 @@ def build_launch(spec: RunSpec, run_dir: Path, *, python: str | None = None) -> 
 
 
 def slurm_script(spec: RunSpec, run_dir: Path, *, python: str | None = None) -> str:
-    """An sbatch script: one task per node, each running torchrun with a c10d rendezvous."""
+    """An sbatch script: one task per node, each running torchrun with a c10d rendezvous.
+    It sets the same environment as a local launch (a CPU run hides the node's GPUs and asks
+    Slurm for none) and imports this same ftui."""
     python = python or sys.executable
     t, d = spec.training, spec.distributed
+    env = dict(build_launch(spec, run_dir, python=python).env)
+    root = str(Path(__file__).resolve().parent.parent.parent)
     lines = [
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name=ftui-{run_dir.name}",
         f"#SBATCH --nodes={d.nodes}",
         "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={t.num_gpus}",
+        *([] if on_cpu(spec) else [f"#SBATCH --gpus-per-node={t.num_gpus}"]),
         f"#SBATCH --output={run_dir / 'stdout.log'}",
         "#SBATCH --open-mode=append",
         "set -euo pipefail",
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "export PYTHONUNBUFFERED=1 CUDA_DEVICE_ORDER=PCI_BUS_ID TOKENIZERS_PARALLELISM=false",
+        *(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())),
+        f'export PYTHONPATH={shlex.quote(root)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         "srun " + shlex.join(
             [
                 python, "-m", "torch.distributed.run",
@@ -230,3 +235,23 @@ def slurm_script(spec: RunSpec, run_dir: Path, *, python: str | None = None) -> 
         + shlex.join(["--module", TRAIN_MODULE, *_train_args(run_dir)]),
     ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def write_slurm_run(spec: RunSpec, plan_summary: dict[str, Any] | None = None) -> Path:
+    """A run folder prepared for `sbatch` (spec, plan, generated configs, command.json and
+    sbatch.sh), nothing started. It has no state.json: no ftui process watches it; the
+    trainer writes its metrics and events into it once Slurm starts it."""
+    from engine.run.rundir import create_run_dir, write_json_atomic
+
+    spec.validate()
+    run = create_run_dir(spec.name or Path(spec.model).name)
+    run.spec.write_text(spec.to_yaml(), encoding="utf-8")
+    write_json_atomic(run.plan, plan_summary or {})
+    command = build_launch(spec, run.path)
+    for filename, content in command.files.items():
+        (run.path / filename).write_text(content, encoding="utf-8")
+    write_json_atomic(run.command, command.to_dict())
+    script = run.path / "sbatch.sh"
+    script.write_text(slurm_script(spec, run.path), encoding="utf-8")
+    script.chmod(0o755)
+    return script

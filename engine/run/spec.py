@@ -6,6 +6,8 @@ field (`training.rank`, `hyper.learning_rate`) and the fix. Defaults come from t
 
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -18,8 +20,54 @@ MODES = ("sft", "pretrain")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts")
 
 
+# The `ftui launch` flag that sets a spec field: errors name both, for spec files and flags.
+FLAGS = {
+    "model": "--model",
+    "data": "--data",
+    "name": "--name",
+    "data_format": "--format",
+    "eval_fraction": "--eval-fraction",
+    "device": "--device",
+    "hyper.epochs": "--epochs",
+    "hyper.max_steps": "--max-steps",
+    "hyper.learning_rate": "--lr",
+    "hyper.save_steps": "--save-steps",
+    "hyper.seed": "--seed",
+    "distributed.launcher": "--launcher",
+    "distributed.nodes": "--nodes",
+    "distributed.node_rank": "--node-rank",
+    "distributed.master_addr": "--master-addr",
+    "distributed.master_port": "--master-port",
+    "distributed.hostfile": "--hostfile",
+}
+# Seeds go to numpy too, which takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# Top-level fields and the types YAML must give them (None allowed where the default is None).
+_TOP_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "data": str,
+    "model_path": str,
+    "name": str,
+    "data_format": str,
+    "mode": str,
+    "eval_fraction": (int, float),
+    "skip_invalid": bool,
+    "device": str,
+    "probe": bool,
+    "plan": dict,
+}
+
+_KINDS: dict[type | tuple[type, ...], str] = {str: "text", bool: "true or false", dict: "a mapping"}
+
+
 class SpecError(FtuiError):
     """A run spec field with an impossible value."""
+
+
+def field_label(name: str) -> str:
+    """`hyper.seed (--seed)`: the spec field and the flag that sets it."""
+    flag = FLAGS.get(name)
+    return f"{name} ({flag})" if flag else name
 
 
 @dataclass(frozen=True)
@@ -70,7 +118,7 @@ class RunSpec:
 
     def validate(self) -> RunSpec:
         def bad(name: str, problem: str, fix: str) -> SpecError:
-            return SpecError(f"spec field {name}: {problem}", fix)
+            return SpecError(f"spec field {field_label(name)}: {problem}", fix)
 
         if not self.model:
             raise bad("model", "is empty", "name a model profile, a local directory or an HF id")
@@ -81,16 +129,35 @@ class RunSpec:
         if self.device not in DEVICES:
             raise bad("device", f"{self.device!r} is not one of {DEVICES}", "use auto, cuda or cpu")
         if not 0.0 <= self.eval_fraction < 0.5:
-            raise bad("eval_fraction", f"{self.eval_fraction} is not in [0, 0.5)", "e.g. 0.05")
+            raise bad(
+                "eval_fraction",
+                f"{self.eval_fraction} is not in [0, 0.5): that share is held out from training",
+                "e.g. 0.05, or 0 for no evaluation",
+            )
         try:
             self.training.validate()
         except FtuiError as error:
             raise SpecError(f"spec field training: {error.message}", error.fix) from error
         h = self.hyper
-        if h.max_steps <= 0 and h.epochs <= 0:
+        for name in ("epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            if not math.isfinite(getattr(h, name)):
+                raise bad(f"hyper.{name}", f"{getattr(h, name)} is not a number", "a finite value")
+        if h.max_steps != -1 and h.max_steps < 1:
+            raise bad(
+                "hyper.max_steps",
+                f"{h.max_steps} steps: a run trains at least 1 step",
+                "pass 1 or more, or leave it out (-1 in a spec) to train by epochs",
+            )
+        if h.max_steps == -1 and h.epochs <= 0:
             raise bad("hyper.epochs", "must be positive when max_steps is not set", "e.g. 3")
         if not 0 < h.learning_rate < 1:
-            raise bad("hyper.learning_rate", f"{h.learning_rate} is out of range", "e.g. 2e-4")
+            raise bad(
+                "hyper.learning_rate",
+                f"{h.learning_rate} is out of range (0, 1): nothing would be learned or all lost",
+                "e.g. 2e-4 for adapters, 2e-5 for a full fine-tune",
+            )
+        if not 0 <= h.seed <= MAX_SEED:
+            raise bad("hyper.seed", f"{h.seed} is not in 0 .. {MAX_SEED}", "e.g. 42")
         if h.lr_scheduler not in SCHEDULERS:
             raise bad(
                 "hyper.lr_scheduler", f"{h.lr_scheduler!r} is unknown", f"one of {SCHEDULERS}"
@@ -101,11 +168,20 @@ class RunSpec:
             raise bad("hyper.weight_decay", "must not be negative", "e.g. 0.0")
         for name in ("logging_steps", "save_steps", "save_total_limit"):
             if getattr(h, name) < 1:
-                raise bad(f"hyper.{name}", "must be at least 1", f"set hyper.{name}: 1 or more")
+                raise bad(
+                    f"hyper.{name}",
+                    f"must be at least 1 (got {getattr(h, name)})",
+                    f"set {field_label('hyper.' + name)} to 1 or more",
+                )
+        for name in ("warmup_steps", "eval_steps"):
+            if getattr(h, name) < 0:
+                raise bad(f"hyper.{name}", f"{getattr(h, name)} is negative", "use 0 or more")
         d = self.distributed
         if d.launcher not in LAUNCHERS:
             raise bad("distributed.launcher", f"{d.launcher!r} is unknown", f"one of {LAUNCHERS}")
-        if d.nodes < 1 or not 0 <= d.node_rank < d.nodes:
+        if d.nodes < 1:
+            raise bad("distributed.nodes", f"{d.nodes} nodes", "1 or more")
+        if not 0 <= d.node_rank < d.nodes:
             raise bad(
                 "distributed.node_rank",
                 f"{d.node_rank} is not a node of {d.nodes}",
@@ -141,11 +217,36 @@ class RunSpec:
             raise SpecError("the spec is not a mapping of fields", "see `ftui launch --help`")
         top = {f.name for f in fields(cls)}
         _reject_unknown(data, top, "")
+        for required in ("model", "data"):
+            if data.get(required) in (None, ""):
+                raise SpecError(
+                    f"spec field {required} is missing",
+                    f"add `{required}: ...` to the spec ("
+                    + ("a model profile, a local directory or an HF id)" if required == "model"
+                       else "the dataset file or folder)"),
+                )  # fmt: skip
+        for name, expected in _TOP_TYPES.items():
+            value = data.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, expected) or (
+                expected is not bool and isinstance(value, bool)
+            ):
+                kind = _KINDS.get(expected, "a number")
+                raise SpecError(
+                    f"spec field {field_label(name)}: {value!r} is not {kind}",
+                    f"write {name} as {kind}",
+                )
         kwargs = {k: v for k, v in data.items() if k not in ("training", "hyper", "distributed")}
         training = data.get("training") or {}
         _reject_unknown(training, set(TrainingConfig.field_names()), "training.")
         if "targets" in training:
             targets = training["targets"]
+            if not isinstance(targets, (str, list)) or not all(isinstance(t, str) for t in targets):
+                raise SpecError(
+                    f"spec field training.targets: {targets!r} is not a list of module names",
+                    "e.g. targets: all-linear, or [q_proj, v_proj]",
+                )
             training = {
                 **training,
                 "targets": tuple(targets.split(","))
@@ -182,12 +283,18 @@ class RunSpec:
 def _reject_unknown(data: Any, known: set[str], prefix: str) -> None:
     if not isinstance(data, dict):
         raise SpecError(f"spec field {prefix.rstrip('.')}: must be a mapping", "see a written spec")
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(u) for u in set(data) - known)
     if unknown:
+        guesses = [
+            f"{prefix}{match[0]} for {prefix}{name}"
+            for name in unknown
+            if (match := difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6))
+        ]
+        where = f" under {prefix.rstrip('.')}" if prefix else ""
         raise SpecError(
             f"unknown spec field(s): {', '.join(prefix + u for u in unknown)}",
-            f"known fields{' under ' + prefix.rstrip('.') if prefix else ''}: "
-            + ", ".join(sorted(known)),
+            (f"did you mean {', '.join(guesses)}? " if guesses else "")
+            + f"known fields{where}: {', '.join(sorted(known))}",
         )
 
 

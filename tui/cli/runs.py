@@ -12,6 +12,10 @@ from typing import Any
 from engine.errors import FtuiError
 from engine.run.spec import LAUNCHERS, Distributed, Hyper, RunSpec
 
+_LAUNCH_PARSER: argparse.ArgumentParser | None = None
+# Flags that say how to launch, not what: they go with a spec file.
+_WITH_A_SPEC = ("spec", "dry_run", "json", "slurm", "handler")
+
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -30,7 +34,7 @@ def add_run_parsers(sub: Any) -> None:
     p.add_argument("--format", dest="data_format", default="auto", help="dataset format")
     p.add_argument("--skip-invalid", action="store_true", help="train without invalid records")
     p.add_argument("--eval-fraction", type=float, default=0.0)
-    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (-1: by epochs)")
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4 adapters, 2e-5 full)")
     p.add_argument("--save-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
@@ -40,10 +44,13 @@ def add_run_parsers(sub: Any) -> None:
     p.add_argument("--master-addr", default="127.0.0.1")
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--hostfile", help="DeepSpeed hostfile for multi-node runs")
-    p.add_argument("--slurm", action="store_true", help="write an sbatch script, do not launch")
+    p.add_argument("--slurm", action="store_true",
+                   help="prepare a run folder with an sbatch script, do not launch")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print spec and command, launch nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_launch)
+    global _LAUNCH_PARSER
+    _LAUNCH_PARSER = p
 
     runs = sub.add_parser("runs", help="list runs with status, progress and last loss")
     runs.add_argument("--json", action="store_true")
@@ -81,39 +88,22 @@ def add_run_parsers(sub: Any) -> None:
 # -- launch ------------------------------------------------------------------------------------
 
 
-def _model_path(model: str) -> tuple[str, str | None]:
-    """(name for the spec, local directory with weights or None)."""
-    from engine.models import resolve_model
-
-    arch = resolve_model(model)
-    if arch.source in ("dir", "hf-cache") and arch.path:
-        has_weights = any(Path(arch.path).glob("*.safetensors")) or any(
-            Path(arch.path).glob("*.bin")
-        )
-        if not has_weights:
-            raise FtuiError(
-                f"{arch.path} has a config.json but no weights (*.safetensors)",
-                "point --model at a directory with the model's weights",
-            )
-        return (arch.hf_id or model), arch.path
-    raise FtuiError(
-        f"the weights of {arch.name} ({arch.hf_id}) are not on this machine",
-        f"download them first (`hf download {arch.hf_id}`), or pass a local model directory",
-    )
-
-
-def _check_data(path: str, fmt: str, skip_invalid: bool) -> dict[str, Any]:
-    from engine.data import check_dataset
-
-    report = check_dataset(Path(path), fmt=fmt)
-    invalid = report.invalid
-    if invalid and not skip_invalid:
-        first = ", ".join(f"{r.location}: {r.reason}" for r in invalid[:3])
+def _refuse_flags_beside_a_spec(args: argparse.Namespace) -> None:
+    """A spec file is the whole run: a flag beside it would be ignored, so it is refused."""
+    if _LAUNCH_PARSER is None:
+        return
+    defaults = vars(_LAUNCH_PARSER.parse_args([]))
+    given = [
+        name
+        for name, default in defaults.items()
+        if name not in _WITH_A_SPEC and getattr(args, name, default) != default
+    ]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise FtuiError(
-            f"{path}: {len(invalid)} invalid record(s) ({first})",
-            f"fix them (`ftui data check {path}`), or launch with --skip-invalid",
+            f"{flags} beside a spec file would be ignored: the spec file is the whole run",
+            f"set it in {args.spec}, or launch with --model and --data instead of a spec file",
         )
-    return dict(report.to_dict())
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
@@ -121,6 +111,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
     from tui.cli.plan import pinned_knobs
 
     if args.spec is not None:
+        _refuse_flags_beside_a_spec(args)
         try:
             text = args.spec.read_text(encoding="utf-8")
         except OSError as exc:
@@ -128,7 +119,9 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
         return RunSpec.from_yaml(text), {}
     if not args.model or not args.data:
         raise FtuiError("launch needs a spec file, or --model and --data", "see `ftui launch -h`")
-    name, model_path = _model_path(args.model)
+    from engine.run.preflight import local_model
+
+    name, model_path = local_model(args.model)
     pinned = pinned_knobs(args)
     device = args.device
     plan_summary: dict[str, Any] = {}
@@ -144,7 +137,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
         config = TrainingConfig(**pinned).validate()
     else:
         config, plan_summary = _planned_config(args, pinned)
-    lr = args.lr or (2e-5 if config.method == "full" else 2e-4)
+    lr = args.lr if args.lr is not None else (2e-5 if config.method == "full" else 2e-4)
     spec = RunSpec(
         model=name,
         model_path=model_path,
@@ -211,17 +204,20 @@ def _planned_config(args: argparse.Namespace, pinned: dict[str, Any]) -> tuple[A
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from engine.run.launch import build_launch, slurm_script
+    from engine.run.launch import build_launch, write_slurm_run
     from engine.run.operations import launch
+    from engine.run.preflight import preflight
 
     spec, plan_summary = spec_from_args(args)
-    data_report = _check_data(spec.data, spec.data_format, spec.skip_invalid)
-    if args.dry_run or args.slurm:
-        placeholder = Path("<run-dir>")
-        command = build_launch(spec, placeholder)
-        if args.slurm:
-            sys.stdout.write(slurm_script(spec, placeholder))
-            return 0
+    checked = preflight(spec)  # everything checkable, before anything is written or started
+    spec, data_report = checked.spec, checked.data
+    if args.slurm:
+        script = write_slurm_run(spec, plan_summary)
+        sys.stdout.write(script.read_text(encoding="utf-8"))
+        sys.stderr.write(f"wrote {script}: submit it with `sbatch {script}`\n")
+        return 0
+    if args.dry_run:
+        command = build_launch(spec, Path("<run-dir>"))
         if args.json:
             _print_json({"spec": spec.to_dict(), "command": command.to_dict(), "data": data_report})
         else:
