@@ -31,7 +31,12 @@ from engine.monitor.progress import Pace, Progress
 from engine.monitor.reading import JsonlSource
 from engine.monitor.records import Event, GpuHistory, bad_loss, describe_event, num, step_of
 from engine.monitor.series import Series
+from engine.run.probe import SPEED_STORE_INTERVALS, measured_tokens_per_s, store_measured_speed
 from engine.run.rundir import FINAL, RunDir, read_json
+
+# Logged intervals the measured speed is taken over (the recent ones: a resumed or long run's
+# speed now, not its history).
+SPEED_WINDOW = 512
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ class MetricsStore:
         self._ema: float | None = None
         self._spikes = SpikeDetector(spike_factor, spike_warmup, spike_window, spike_min_delta)
         self._pace = Pace(eta_skip_steps)
+        # The measured speed, once remembered for later plans of this kind (or why not).
+        self.speed_stored: dict[str, Any] | None = None
 
     # -- public ----------------------------------------------------------------------------------
     @property
@@ -153,6 +160,7 @@ class MetricsStore:
         else:
             self._reads_after_final = 0
             self._read_files(now)
+        self.remember_speed()
         alerts = self.check_alerts(now)
         return RefreshResult(changed=self.version != before or bool(alerts), alerts=alerts)
 
@@ -179,6 +187,36 @@ class MetricsStore:
             first_t=self._first_t,
             last_t=self._last_t,
         )
+
+    @property
+    def planned_tokens_per_s(self) -> float | None:
+        """The plan's job tokens/s (what `ftui plan` promised), when the run has a plan."""
+        return num(self.plan.get("tokens_per_s"))
+
+    @property
+    def measured_tokens_per_s(self) -> float | None:
+        """The run's steady job tokens/s so far (median of the logged intervals after warm-up)."""
+        return measured_tokens_per_s(self.tokens_per_s.tail_values(SPEED_WINDOW))
+
+    def remember_speed(self) -> dict[str, Any] | None:
+        """Once enough steady intervals are in, store measured/modelled speed as a correction
+        for the next plan of this kind (engine.run.probe); once per store."""
+        if self.speed_stored is not None or not self.plan.get("gpu"):
+            return self.speed_stored
+        intervals = self.tokens_per_s.tail_values(SPEED_WINDOW)
+        measured = measured_tokens_per_s(intervals)
+        if measured is None or len(intervals) < SPEED_STORE_INTERVALS:
+            return None
+        from engine.errors import FtuiError
+        from engine.run.spec import RunSpec
+
+        try:
+            spec = RunSpec.from_yaml(self.run.spec.read_text(encoding="utf-8"))
+        except (OSError, FtuiError) as exc:
+            self.speed_stored = {"not_stored": f"no readable spec.yaml ({exc})"}
+            return self.speed_stored
+        self.speed_stored = store_measured_speed(spec, self.plan, measured)
+        return self.speed_stored
 
     def last_progress_t(self) -> float | None:
         """When the step last advanced (or training started, before the first step)."""

@@ -37,3 +37,56 @@ def probe_result(measured: int, total: int, plan: dict[str, Any]) -> dict[str, A
         result["ratio"] = round(measured / (predicted * 1024**3), 4)
     result["too_close"] = total > 0 and measured > TOO_CLOSE * total
     return result
+
+
+# -- speed -----------------------------------------------------------------------------------
+
+# The first logging intervals hold compilation, allocator warm-up and the first dataloader
+# fill; the measured speed is the median of the rest, once there are enough of them.
+SPEED_WARMUP_INTERVALS = 2
+SPEED_MIN_INTERVALS = 3
+SPEED_STORE_INTERVALS = 10  # enough steady intervals to remember the speed for later plans
+
+
+def measured_tokens_per_s(intervals: list[float]) -> float | None:
+    """The run's steady tokens/s from its per-interval rates (metrics.jsonl `tokens_per_s`)."""
+    steady = [v for v in intervals[SPEED_WARMUP_INTERVALS:] if v > 0]
+    if len(steady) < SPEED_MIN_INTERVALS:
+        return None
+    steady.sort()
+    middle = len(steady) // 2
+    return steady[middle] if len(steady) % 2 else (steady[middle - 1] + steady[middle]) / 2
+
+
+def store_measured_speed(spec: RunSpec, plan: dict[str, Any], measured: float) -> dict[str, Any]:
+    """Remember measured / modelled tokens/s for this run's kind (architecture, method, GPU
+    type, GPU count), so the next plan of that kind is corrected; what was stored, or why not.
+
+    The ratio is against the speed model itself (not the plan's number, which may already
+    carry an older correction)."""
+    from engine.errors import FtuiError
+    from engine.models import resolve_model
+    from engine.plan.corrections import SpeedKey, store_speed_correction
+    from engine.plan.throughput import tokens_per_s
+    from profiles import find_gpu_profile
+
+    gpu = find_gpu_profile(str(plan.get("gpu") or ""))
+    if gpu is None:
+        return {"not_stored": "the plan names no known GPU profile"}
+    try:
+        arch = resolve_model(spec.model_path or spec.model)
+    except FtuiError as exc:
+        return {"not_stored": exc.message}
+    config = spec.training
+    modelled = tokens_per_s(arch, config, gpu)
+    key = SpeedKey(arch.model_type, config.method, gpu.id, config.num_gpus)
+    result: dict[str, Any] = {
+        "key": key.as_str(),
+        "modelled_tokens_per_s": round(modelled, 1),
+        "measured_tokens_per_s": round(measured, 1),
+    }
+    try:
+        result["ratio"] = round(store_speed_correction(key, modelled, measured), 4)
+    except ValueError as exc:
+        result["not_stored"] = str(exc)
+    return result

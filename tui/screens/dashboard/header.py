@@ -55,6 +55,11 @@ def metrics_text(frame: DashFrame) -> str:
 def throughput_text(frame: DashFrame) -> str:
     """What follows the tokens/s sparkline."""
     parts = [f"[b]{compact(frame.tokens_per_s)}[/b]"]
+    planned, measured = frame.planned_tokens_per_s, frame.measured_tokens_per_s
+    if planned:  # planned vs measured, side by side
+        steady = f"measured {compact(measured)}" if measured else "measured …"
+        versus = f" ({measured / planned - 1:+.0%})" if measured else ""
+        parts.append(f"{steady} vs planned {compact(planned)}{versus}")
     parts.append(f"samples/s {number(frame.samples_per_s, '.3g')}")
     if frame.seconds_per_step is not None:
         parts.append(f"{frame.seconds_per_step:.2f} s/step")

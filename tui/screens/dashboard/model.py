@@ -81,6 +81,8 @@ class DashFrame:
     lr: float | None
     grad_norm: float | None
     tokens_per_s: float | None
+    planned_tokens_per_s: float | None  # what the plan promised (job total)
+    measured_tokens_per_s: float | None  # the run's steady rate so far (job total)
     samples_per_s: float | None
     tokens_seen: float | None
     tokens_hist: list[float]
@@ -218,6 +220,8 @@ def build_frame(
         lr=_last(store.lr),
         grad_norm=_last(store.grad_norm),
         tokens_per_s=_last(store.tokens_per_s),
+        planned_tokens_per_s=store.planned_tokens_per_s,
+        measured_tokens_per_s=store.measured_tokens_per_s,
         samples_per_s=_last(store.samples_per_s),
         tokens_seen=progress.tokens_seen,
         tokens_hist=store.tokens_per_s.tail_values(2 * spark_width),
