@@ -36,6 +36,13 @@ def _refuse_invalid(report: DataReport) -> None:
         for item in report.invalid[:5]
     )
     more = ", ..." if len(report.invalid) > 5 else ""
+    if not report.valid:
+        raise FtuiError(
+            f"none of the {report.records} records in {report.path} is valid ({first}{more}; "
+            f"first reason: {report.invalid[0].reason})",
+            f"fix them (`ftui data check {report.path}` lists every one): there is nothing to "
+            "train on",
+        )
     raise FtuiError(
         f"{len(report.invalid)} of {report.records} records in {report.path} are invalid "
         f"({first}{more}; first reason: {report.invalid[0].reason})",
@@ -122,7 +129,7 @@ def build_datasets(
             tokenizer=tokenizer,
             fallback=False,
         )
-        if report.invalid and not skip_invalid:
+        if report.invalid and (not skip_invalid or not report.valid):
             _refuse_invalid(report)
         if not samples:
             raise FtuiError(f"{loaded.path} has no valid records", "fix the dataset")
@@ -162,7 +169,7 @@ def build_datasets(
             tokenizer=tokenizer,
             fallback=fallback,
         )
-        if report.invalid and not skip_invalid:
+        if report.invalid and (not skip_invalid or not report.valid):
             _refuse_invalid(report)
         rows = [e.truncate(seq_len) for e in encoded]
         usable = [k for k, row in enumerate(rows) if any(x != IGNORE_INDEX for x in row["labels"])]

@@ -6,13 +6,13 @@ import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.data.readers import (
     _type_name,
-    read_records,
+    read_dataset,
 )
 from engine.data.records import (
     _FORMAT_HELP,
@@ -421,6 +421,7 @@ class LoadedDataset:
     empty: int
     duplicates: int
     notes: list[str]
+    skipped: list[str] = field(default_factory=list)  # folder entries that are not data, why
 
 
 def _is_empty_reason(reason: str) -> bool:
@@ -431,7 +432,7 @@ def load_samples(path: Path | str, *, fmt: str = "auto") -> LoadedDataset:
     """Read, recognise and validate a dataset: valid samples plus every invalid record."""
     path = Path(path)
     wanted = _normalise_format(fmt)
-    raw, files = read_records(path, fmt=wanted)
+    raw, files, skipped = read_dataset(path, fmt=wanted)
     notes: list[str] = []
     if wanted == "auto":
         detected = detect_format(r.value for r in raw if r.error is None)
@@ -498,6 +499,11 @@ def load_samples(path: Path | str, *, fmt: str = "auto") -> LoadedDataset:
             duplicates += 1
         seen.add(key)
         samples.append(sample)
+    if skipped:
+        shown = "; ".join(skipped[:10]) + (
+            f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        )
+        notes.append(f"{len(skipped)} entries of the folder are not read: {shown}")
     return LoadedDataset(
-        str(path), fmt_name, files, len(raw), samples, invalid, empty, duplicates, notes
+        str(path), fmt_name, files, len(raw), samples, invalid, empty, duplicates, notes, skipped
     )

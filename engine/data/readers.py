@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,30 +43,84 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def dataset_files(path: Path) -> list[Path]:
-    """The data files of a dataset: the file itself, or a folder's supported files, sorted."""
-    if not path.exists():
-        raise DatasetUnusableError(
-            path, "it does not exist", "pass the path of a JSON, JSONL, CSV or Parquet file"
+def _stat_problem(path: Path) -> DatasetUnusableError | None:
+    """Why `path` cannot be opened at all (missing, a symlink loop, a dangling link, no access)."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return DatasetUnusableError(
+                path,
+                "it is a symbolic link loop (the link points, directly or through others, back "
+                "at itself)",
+                f"point the link at the real data file (ls -l {path} shows its target)",
+            )
+        if path.is_symlink():
+            return DatasetUnusableError(
+                path,
+                f"it is a symbolic link to {os.readlink(path)}, which does not exist",
+                "point the link at an existing data file, or pass the file itself",
+            )
+        if exc.errno == errno.ENOENT:
+            return DatasetUnusableError(
+                path, "it does not exist", "pass the path of a JSON, JSONL, CSV or Parquet file"
+            )
+        return DatasetUnusableError(
+            path, f"cannot open it ({exc.strerror})", "check the path and its permissions"
         )
+    return None
+
+
+def _skip_reason(item: Path) -> str | None:
+    """Why a folder entry is not read as data (None: it is a data file)."""
+    problem = _stat_problem(item)
+    if problem is not None:
+        return problem.problem
+    if item.is_dir():
+        return None
+    if not item.is_file():
+        return "not a regular file (a FIFO, socket or device)"
+    if item.suffix.lower() not in SUPPORTED_SUFFIXES:
+        return f"unsupported file type {item.suffix or '(no extension)'!r}"
+    return None
+
+
+def scan_dataset(path: Path) -> tuple[list[Path], list[str]]:
+    """(data files, skipped entries with why) of a dataset: the file itself, or a folder's
+    supported files, sorted (recursively; hidden entries are ignored silently)."""
+    problem = _stat_problem(path)
+    if problem is not None:
+        raise problem
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
-        raise DatasetUnusableError(path, "it is not a regular file", "pass a data file")
-    found = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in SUPPORTED_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
+        raise DatasetUnusableError(
+            path, "it is not a regular file (a FIFO, socket or device)", "pass a data file"
+        )
+    found: list[Path] = []
+    skipped: list[str] = []
+    for item in sorted(path.rglob("*")):
+        relative = item.relative_to(path)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        reason = _skip_reason(item)
+        if reason is not None:
+            skipped.append(f"{relative}: {reason}")
+        elif item.is_file():
+            found.append(item)
     if not found:
+        listed = f" (skipped: {'; '.join(skipped[:5])})" if skipped else ""
         raise DatasetUnusableError(
             path,
-            "the folder holds no .json, .jsonl, .csv or .parquet files",
+            f"the folder holds no .json, .jsonl, .csv or .parquet files{listed}",
             "put the data files in the folder, or pass one file",
         )
-    return found
+    return found, skipped
+
+
+def dataset_files(path: Path) -> list[Path]:
+    """The data files of a dataset: the file itself, or a folder's supported files, sorted."""
+    return scan_dataset(path)[0]
 
 
 def _file_kind(path: Path, head: bytes) -> str:
@@ -355,9 +411,17 @@ def _read_parquet(path: Path, fmt: str) -> list[tuple[Any, int | None, str | Non
 
 def read_records(path: Path | str, *, fmt: str = "auto") -> tuple[list[RawRecord], list[str]]:
     """Every record of a dataset file or folder, with its location; raises when unusable."""
+    records, names, _skipped = read_dataset(path, fmt=fmt)
+    return records, names
+
+
+def read_dataset(
+    path: Path | str, *, fmt: str = "auto"
+) -> tuple[list[RawRecord], list[str], list[str]]:
+    """(records, the data files' names, entries of a folder skipped with why)."""
     path = Path(path)
     fmt = _normalise_format(fmt)
-    files = dataset_files(path)
+    files, skipped = scan_dataset(path)
     records: list[RawRecord] = []
     names: list[str] = []
     for file in files:
@@ -409,4 +473,4 @@ def read_records(path: Path | str, *, fmt: str = "auto") -> tuple[list[RawRecord
                     where=where,
                 )
             )
-    return records, names
+    return records, names, skipped

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.data.stats import CHARS_PER_TOKEN
 from engine.errors import FtuiError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "text", "preference")
@@ -253,7 +252,7 @@ class DataReport:
     empty: int
     duplicates: int
     lengths: LengthSummary | None
-    estimated: bool  # lengths from characters (3.7 per token), not a tokenizer
+    estimated: bool  # lengths estimated from character classes (engine.data.tokens)
     histogram: list[dict[str, int]]
     seq_len: int | None
     truncated: int
@@ -267,6 +266,8 @@ class DataReport:
     train_rows: int | None = None
     eval_rows: int | None = None
     no_labels: int = 0  # SFT samples left without an answer token after truncation (dropped)
+    total_range: tuple[int, int] | None = None  # the estimate's low-high total (None: measured)
+    skipped: list[str] = field(default_factory=list)  # files in a folder that are not data
 
     @property
     def ok(self) -> bool:
@@ -285,7 +286,10 @@ class DataReport:
             "duplicates": self.duplicates,
             "lengths": self.lengths.to_dict() if self.lengths else None,
             "estimated": self.estimated,
-            "chars_per_token": CHARS_PER_TOKEN if self.estimated else None,
+            "counted_by": (
+                "estimate from character classes" if self.estimated else f"{self.tokenizer}"
+            ),
+            "total_range": list(self.total_range) if self.total_range else None,
             "histogram": self.histogram,
             "seq_len": self.seq_len,
             "truncated": self.truncated,
@@ -298,6 +302,7 @@ class DataReport:
             "train_rows": self.train_rows,
             "eval_rows": self.eval_rows,
             "no_labels": self.no_labels,
+            "skipped": self.skipped,
         }
 
 

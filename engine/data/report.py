@@ -25,15 +25,8 @@ from engine.data.records import (
     LengthSummary,
     Sample,
 )
-from engine.data.stats import CHARS_PER_TOKEN, TEMPLATE_TOKENS
+from engine.data.tokens import CENTRAL, HIGH, LOW, estimate_sample
 from engine.errors import FtuiError
-
-
-def _estimate_tokens(sample: Sample) -> int:
-    chars, turns = sample.chars()
-    if sample.text is not None:
-        return max(1, math.ceil(chars / CHARS_PER_TOKEN) + 1)
-    return max(1, math.ceil(chars / CHARS_PER_TOKEN) + TEMPLATE_TOKENS * max(turns, 1))
 
 
 def _percentile(ordered: list[int], q: float) -> int:
@@ -158,11 +151,18 @@ def _report(
         else:
             truncated = sum(1 for n in lengths if n > seq_len)
             share = truncated / len(samples)
+    total_range = None
     if tokenizer is None:
+        low = sum(estimate_sample(s, ratios=LOW) for s in samples)
+        high = sum(estimate_sample(s, ratios=HIGH) for s in samples)
+        total_range = (min(low, sum(lengths)), max(high, sum(lengths)))
         notes.append(
-            f"token lengths are estimated from characters ({CHARS_PER_TOKEN} per token, "
-            f"+{TEMPLATE_TOKENS} per turn for the chat template); pass a tokenizer (--model) to "
-            "measure them"
+            "token lengths are estimated from character classes (Han/kana/hangul "
+            f"{CENTRAL.cjk}, words {CENTRAL.words} + letters {CENTRAL.letters}, digits "
+            f"{CENTRAL.digits}, line breaks {CENTRAL.breaks}, punctuation {CENTRAL.punct} "
+            f"tokens each; +{CENTRAL.turn:g} per chat turn), fitted to Qwen2.5 and DeepSeek "
+            f"tokenizers: the total lies within {total_range[0]:,}-{total_range[1]:,} for "
+            "their vocabularies; pass --model to measure with the model's own tokenizer"
         )
     elif fallback and loaded.format != "text":
         notes.append(
@@ -208,6 +208,8 @@ def _report(
         tokenizer=None if tokenizer is None else _tokenizer_name(tokenizer),
         longest=longest,
         notes=notes,
+        total_range=total_range,
+        skipped=list(loaded.skipped),
     )
 
 
@@ -228,7 +230,7 @@ def check_dataset(
     loaded = load_samples(path, fmt=fmt)
     if tokenizer is None:
         samples = loaded.samples
-        lengths = [_estimate_tokens(s) for s in samples]
+        lengths = [estimate_sample(s) for s in samples]
         extra: list[InvalidRecord] = []
         fallback = False
     else:

@@ -1,13 +1,14 @@
 """Token counts without a tokenizer: a script-aware estimate from character classes.
 
-BPE vocabularies spend tokens very differently on different scripts: an English word of ~5
-letters is usually one token, a Han character is most of one, a digit is one (Qwen) or a third
+BPE vocabularies spend tokens very differently on different scripts: a common English word is
+one token whatever its length, a Han character most of one, a digit one (Qwen) or a third
 (DeepSeek). One characters-per-token ratio for every language under-counts Chinese text ~1.7x and
-over-counts English ~1.3x, so the estimate counts five classes of characters separately, each
-with its own tokens-per-character ratio:
+over-counts English ~1.3x, so the estimate counts classes of characters separately, each with
+its own ratio:
 
-- ``cjk``: Han, kana and hangul letters;
-- ``letters``: every other letter (Latin, Cyrillic, Greek, Arabic, ...);
+- ``cjk``: Han, kana and hangul letters (tokens per character);
+- other letters (Latin, Cyrillic, Greek, Arabic, ...): tokens per ``words`` (runs of letters)
+  plus a little per letter in them (``letters``: long, rare words split into more pieces);
 - ``digits``;
 - ``breaks``: runs of whitespace other than the single spaces between words (line breaks,
   blank lines, indentation: about one token per run in byte-level BPE; a single space is merged
@@ -16,11 +17,13 @@ with its own tokens-per-character ratio:
 
 The ratios (`CENTRAL`) were fitted with `benchmarks/token_estimate.py` to two real tokenizers
 (Qwen2.5's and DeepSeek-V4's BPE) on real chat, tool-call, web and code data; `LOW` and `HIGH`
-are the fits of the tokenizer that counts fewest and most, and give the estimate's range.
+take each ratio's smaller and larger value of the two tokenizers' own fits and give the
+estimate's range.
 docs/data.md lists the ratios, their sources and the measured errors.
 
-A chat conversation adds the template's markers per turn (`TEMPLATE_TOKENS` for ChatML-style
-templates: ``<|im_start|>role\\n ... <|im_end|>\\n``); a pre-training document adds its EOS.
+A chat conversation adds the template's markers per turn (`TEMPLATE_TOKENS`: ChatML's
+``<|im_start|>role\\n ... <|im_end|>\\n`` is 5, DeepSeek's 2); a pre-training document adds its
+EOS.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine.data.records import Sample
@@ -103,7 +106,7 @@ class TokenRatios:
 
     def text_tokens(self, classes: CharClasses) -> float:
         return sum(
-            getattr(self, name) * count
+            float(getattr(self, name)) * count
             for name, count in zip(CLASS_NAMES, classes.as_tuple(), strict=True)
         )
 

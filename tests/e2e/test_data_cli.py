@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,52 @@ def test_data_without_an_action_shows_its_usage(cli_env: dict[str, str]) -> None
         [*ftui_executable(), "data"], env=cli_env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2 and "check" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- faults a demanding user met (issue 12) ---------------------------------------------------
+
+
+def test_all_records_invalid_does_not_advise_skip_invalid(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "none_valid.jsonl"
+    path.write_text('{"instruction": "q"}\n{"output": "a"}\n')
+    out = run([str(path)], cli_env)
+    assert out.returncode == 1, out.stderr
+    assert "--skip-invalid" not in out.stdout
+    assert "none of the 2 records is valid" in out.stdout
+    some = tmp_path / "some_valid.jsonl"
+    some.write_text('{"instruction": "q", "output": "a"}\n{"output": "a"}\n')
+    assert "--skip-invalid" in run([str(some)], cli_env).stdout
+
+
+def test_a_symlink_loop_is_named_as_such(cli_env: dict[str, str], tmp_path: Path) -> None:
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(tmp_path / "loop.jsonl")
+    out = run([str(loop)], cli_env)
+    assert out.returncode == 2
+    assert "symbolic link loop" in out.stderr and "does not exist" not in out.stderr
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "gone.jsonl")
+    out = run([str(dangling)], cli_env)
+    assert out.returncode == 2 and "symbolic link to" in out.stderr
+
+
+def test_files_skipped_in_a_folder_are_named(cli_env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    (folder / "notes.txt").write_text("not data\n")
+    (folder / "weights.bin").write_bytes(b"\x00\x01")
+    os.mkfifo(folder / "pipe.jsonl")
+    (folder / "loop.json").symlink_to(folder / "loop.json")
+    (folder / ".hidden.jsonl").write_text("ignored quietly\n")
+    data = as_json(run([str(folder), "--json"], cli_env))
+    assert data["valid"] == 1 and data["files"] == ["train.jsonl"]
+    skipped = " | ".join(data["skipped"])
+    for name in ("notes.txt", "weights.bin", "pipe.jsonl", "loop.json"):
+        assert name in skipped
+    assert "FIFO" in skipped and "symbolic link loop" in skipped and ".hidden" not in skipped
+    human = run([str(folder)], cli_env)
+    assert human.returncode == 0, human.stderr
+    assert "notes.txt" in human.stdout and "pipe.jsonl" in human.stdout

@@ -112,11 +112,16 @@ def print_data_report(report: Any, console: Any = None) -> None:
             f"max {lengths.max} · mean {lengths.mean:.0f}"
         )
         if report.estimated:
-            line.append("  (estimated from characters)", style="yellow")
+            line.append("  (estimated from character classes)", style="yellow")
         else:
             template = "chat template" if report.template == "chat" else "fallback template"
             line.append(f"  ({report.tokenizer}, {template})", style="dim")
         head.add_row("tokens", line)
+        total = Text(f"{lengths.total:,}")
+        if report.estimated and report.total_range:
+            low, high = report.total_range
+            total.append(f"  (estimate; {low:,}-{high:,} across tokenizers)", style="yellow")
+        head.add_row("total", total)
         if report.longest:
             spot = _location(report.longest, report)
             head.add_row("longest", Text(f"{report.longest['tokens']} tokens at {spot}"))
@@ -162,7 +167,15 @@ def print_data_report(report: Any, console: Any = None) -> None:
             console.print(Text(f"note: {note}", style="dim"))
 
     console.print()
-    if report.invalid:
+    if report.invalid and not report.valid:
+        console.print(
+            Text(
+                f"✗ none of the {report.records} records is valid: fix them (the reasons are "
+                "above); there is nothing to train on",
+                style="bold red",
+            )
+        )
+    elif report.invalid:
         console.print(
             Text(
                 f"✗ {len(report.invalid)} of {report.records} records are invalid: fix them, or "
