@@ -199,6 +199,9 @@ def run_row(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return {"status": "timeout", "error": f"no result within {timeout:.0f} s"}
+        except KeyboardInterrupt:  # the check is stopping: leave no worker on the GPU
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     if result_path.exists():
         return dict(json.loads(result_path.read_text()))
     tail = log_path.read_text(errors="replace")[-600:]
@@ -238,7 +241,8 @@ def grid_section(
             **row.to_dict(),
             "id": row.id,
             "dtype": dtype,
-            "targets": ",".join(row.targets),
+            "targets": ",".join(row.targets) if row.method != "full" else "",
+            "rank": row.rank if row.method != "full" else None,
         }
         try:
             record.update(predict(arch, config, machine))
@@ -273,12 +277,16 @@ def grid_section(
     return info
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.time()
     deadline = start + args.budget_s - SUMMARY_RESERVE_S
     # A SIGTERM (a wrapper's time limit) unwinds like Ctrl-C, so the summary still lands.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     report = Report(args.out)
     work = args.work or Path(tempfile.mkdtemp(prefix="ftui-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)

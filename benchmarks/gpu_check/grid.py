@@ -157,13 +157,13 @@ def predict(arch: ModelArch, config: TrainingConfig, machine: Machine) -> dict[s
     """The estimator's three memory levels (no stored correction) and the planner's speed."""
     memory = estimate_memory(arch, config)
     return {
-        "pred_allocated_gib": round(memory.allocated_gib, 3),
-        "pred_reserved_gib": round(memory.reserved_gib, 3),
-        "pred_device_gib": round(memory.device_gib, 3),
+        "pred_allocated_gib": round(memory.allocated_gib, 5),
+        "pred_reserved_gib": round(memory.reserved_gib, 5),
+        "pred_device_gib": round(memory.device_gib, 5),
         "pred_peak_phase": memory.peak_phase,
         "pred_fits": memory.device_bytes <= machine.memory_bytes,
         "pred_tokens_per_s": round(predicted_tokens_per_s(arch, config, machine), 1),
-        "params_b": round(memory.params.total / 1e9, 3),
+        "params": memory.params.total,
     }
 
 

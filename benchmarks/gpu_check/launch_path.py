@@ -154,21 +154,25 @@ def launch_section(
     run = RunDir(run_path)
     started = time.time()
     state: dict[str, Any] = {}
-    while time.time() < deadline:
-        state = reconcile(run)
-        if state.get("status") in FINAL:
-            break
-        time.sleep(1.0)
-    else:
-        log("launch: out of time, stopping the run")
-        subprocess.run(
-            [python, "-m", "tui", "stop", run.run_id, "--now"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-        time.sleep(3)
-        state = reconcile(run)
+
+    def stop_now() -> None:
+        argv = [python, "-m", "tui", "stop", run.run_id, "--now"]
+        subprocess.run(argv, env=env, capture_output=True, timeout=60)
+
+    try:
+        while time.time() < deadline:
+            state = reconcile(run)
+            if state.get("status") in FINAL:
+                break
+            time.sleep(1.0)
+        else:
+            log("launch: out of time, stopping the run")
+            stop_now()
+            time.sleep(3)
+            state = reconcile(run)
+    except KeyboardInterrupt:  # the check is stopping: the run must not hold the GPU
+        stop_now()
+        raise
     result["wall_s"] = round(time.time() - started, 1)
     result["status"] = state.get("status")
     _check(
@@ -182,6 +186,7 @@ def launch_section(
     _check_gpu_samples(checks, result, run.gpu, on_gpu)
     _check_probe(checks, result, state, env, on_gpu)
     _check_dashboard(checks, result, run, on_gpu)
+    result["plan_vs_measured"] = plan_vs_measured(state.get("plan_summary") or {}, result)
     for name, source in (
         ("launch-metrics.jsonl", run.metrics),
         ("launch-gpu.jsonl", run.gpu),
@@ -292,7 +297,8 @@ def _check_probe(
     _check(
         checks,
         "probe: ratio measured/planned stored in corrections.json",
-        ratio is not None and entry is not None and entry.get("ratio") == ratio,
+        # corrections.json keeps the ratio to 4 decimals
+        ratio is not None and entry is not None and abs(entry.get("ratio", 0) - ratio) < 1e-3,
         {"probe": probe, "corrections": stored},
     )
 
@@ -344,3 +350,20 @@ def _check_dashboard(
             None,
             "CPU run: no plan and no GPU peak",
         )
+
+
+def plan_vs_measured(plan: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The launch's plan beside what the run measured (device: gpu.jsonl's peak, which also
+    holds whatever else the GPU had in use)."""
+    from benchmarks.gpu_check.grid import error_pct
+
+    pairs = {
+        "allocated_gib": (plan.get("allocated_gib"), result.get("measured_max_allocated_gib")),
+        "reserved_gib": (plan.get("reserved_gib"), result.get("measured_max_reserved_gib")),
+        "device_gib": (plan.get("device_gib"), result.get("gpu_peak_used_gib")),
+        "tokens_per_s": (plan.get("tokens_per_s"), result.get("measured_tokens_per_s")),
+    }
+    return {
+        name: {"planned": p, "measured": m, "err_pct": error_pct(m, p)}
+        for name, (p, m) in pairs.items()
+    }

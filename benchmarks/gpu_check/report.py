@@ -14,7 +14,7 @@ CSV_NAME, SUMMARY_NAME, LOG_NAME = "grid.csv", "summary.json", "gpu-check.log"
 COLUMNS = (
     "id",
     "model",
-    "params_b",
+    "params",
     "method",
     "targets",
     "rank",
@@ -48,6 +48,7 @@ COLUMNS = (
     "err_reserved_pct",
     "err_device_pct",
     "err_tokens_per_s_pct",
+    "nvml_error",
 )
 
 

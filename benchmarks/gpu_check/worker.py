@@ -118,13 +118,18 @@ class GpuMemory:
 
         self.backend = NvmlBackend()
         self.host = read_host_info(Path.cwd())
-        self.uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+        # torch and NVML number GPUs differently under CUDA_VISIBLE_DEVICES: match by UUID.
+        self.uuid = str(getattr(torch.cuda.get_device_properties(device_index), "uuid", ""))
         self.device_used = 0
         self.process_used: int | None = None
 
     def sample(self) -> None:
-        snap = self.backend.snapshot(host=self.host)
-        gpus = [g for g in snap.gpus if g.uuid and g.uuid.endswith(self.uuid)] or list(snap.gpus)
+        try:
+            snap = self.backend.snapshot(host=self.host)
+        except Exception:  # a failed read loses one sample, never the row
+            return
+        gpus = [g for g in snap.gpus if self.uuid and g.uuid and g.uuid.endswith(self.uuid)]
+        gpus = gpus or list(snap.gpus)
         if not gpus:
             return
         gpu = gpus[0]
@@ -171,7 +176,12 @@ def measure(row: Row, *, smoke: bool, steps: int, dtype: str) -> dict[str, Any]:
     result: dict[str, Any] = {"device": device, "status": "error", "steps": 0}
     config = model_config(row.model, smoke)
     on_gpu = device == "cuda"
-    nvml = GpuMemory(torch.cuda.current_device()) if on_gpu else None
+    nvml = None
+    if on_gpu:
+        try:
+            nvml = GpuMemory(torch.cuda.current_device())
+        except Exception as exc:  # torch's numbers still count without NVML's
+            result["nvml_error"] = f"{type(exc).__name__}: {exc}"[:300]
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     started = time.perf_counter()
     try:
