@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.data.formats import load_samples
-from engine.data.tokens import HIGH, LOW, estimate_sample
+from engine.data.tokens import (
+    HIGH,
+    LOW,
+    TEMPLATE_TOKENS,
+    estimate_sample,
+    local_tokenizer_file,
+    tokenizer_counter,
+)
 from engine.errors import FtuiError
 
 COUNTED_BY = "estimate from character classes (engine.data.tokens)"
@@ -53,15 +60,31 @@ def _percentile(ordered: list[int], q: float) -> int:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def estimate_lengths(path: Path) -> tuple[LengthStats, list[int]]:
-    """Estimated token lengths of a dataset's valid records (any format `ftui data check`
-    reads), in record order."""
+def estimate_lengths(path: Path, *, model: str | None = None) -> tuple[LengthStats, list[int]]:
+    """Token lengths of a dataset's valid records (any format `ftui data check` reads), in
+    record order: counted with `model`'s own tokenizer.json when it is on this machine (the
+    template's markers still estimated), else estimated from character classes."""
     samples = load_samples(path).samples
     if not samples:
         raise FtuiError(
             f"dataset {path} has no valid records",
             f"run `ftui data check {path}` to see why",
         )
+    tokenizer_file = local_tokenizer_file(model) if model else None
+    count = tokenizer_counter(tokenizer_file) if tokenizer_file is not None else None
+    if count is not None:
+        lengths = [count(s) for s in samples]
+        ordered = sorted(lengths)
+        return LengthStats(
+            records=len(lengths),
+            total_tokens=sum(lengths),
+            p50=_percentile(ordered, 0.5),
+            p90=_percentile(ordered, 0.9),
+            p99=_percentile(ordered, 0.99),
+            max=ordered[-1],
+            estimated=False,
+            counted_by=f"{tokenizer_file} (+{TEMPLATE_TOKENS} per chat turn for the template)",
+        ), lengths
     lengths = [estimate_sample(s) for s in samples]
     ordered = sorted(lengths)
     stats = LengthStats(

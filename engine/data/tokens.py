@@ -29,8 +29,9 @@ EOS.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -158,3 +159,54 @@ def estimate_sample(sample: Sample, *, ratios: TokenRatios = CENTRAL) -> int:
         )
         for answer in answers
     )
+
+
+def local_tokenizer_file(model: str) -> Path | None:
+    """The model's own tokenizer.json when it is on this machine (its local directory, or its
+    snapshot in the HF cache), else None. Never touches the network."""
+    from engine.models import resolve_model
+    from engine.paths import hf_hub_cache
+
+    try:
+        arch = resolve_model(model)
+    except Exception:  # an unknown model is reported by whoever plans it
+        return None
+    candidates: list[Path] = []
+    if arch.path is not None:
+        candidates.append(Path(arch.path) / "tokenizer.json")
+    if arch.hf_id is not None:
+        snapshots = hf_hub_cache() / f"models--{arch.hf_id.replace('/', '--')}" / "snapshots"
+        try:
+            found = sorted(snapshots.glob("*/tokenizer.json"), key=lambda p: p.stat().st_mtime)
+        except OSError:
+            found = []
+        candidates.extend(reversed(found))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def tokenizer_counter(path: Path) -> Callable[[Sample], int] | None:
+    """Token counts of samples with a tokenizer.json (the `tokenizers` library: fast, no
+    transformers import): the texts' own tokens plus the template's markers as estimated
+    (`TEMPLATE_TOKENS` per turn, or `DOCUMENT_TOKENS`). None when it cannot be loaded."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception:  # a tokenizer.json this tokenizers version cannot read
+        return None
+
+    def count(sample: Sample) -> int:
+        def tokens(turns: list[dict[str, str]]) -> int:
+            texts = [t["content"] for t in turns]
+            encoded = tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+            return sum(len(e.ids) for e in encoded) + TEMPLATE_TOKENS * len(turns)
+
+        if sample.text is not None:
+            ids = tokenizer.encode(sample.text, add_special_tokens=False).ids
+            return len(ids) + DOCUMENT_TOKENS
+        answers = [sample.chosen, sample.rejected] if sample.chosen is not None else [[]]
+        return max(tokens([*sample.turns, *(answer or [])]) for answer in answers)
+
+    return count

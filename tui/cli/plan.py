@@ -145,7 +145,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     train_tokens = args.train_tokens or DEFAULT_TRAIN_TOKENS
     if args.dataset is not None:
-        stats, _lengths = estimate_lengths(args.dataset)
+        stats, _lengths = estimate_lengths(args.dataset, model=args.model)
         train_tokens = stats.total_tokens
         if "seq_len" not in pinned:
             wanted = max(256, -(-stats.p99 // 256) * 256)
