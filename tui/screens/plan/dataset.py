@@ -1,6 +1,8 @@
 """Pick a dataset: a path; on submit `check_dataset` runs in a thread worker and the panel
 shows the format, counts, the token-length histogram and the truncation share at the
-current sequence length. Errors become one message, never a crash."""
+current sequence length. Lengths are the script-aware estimate of `engine.data.tokens` (its
+p99 picks the sequence length, its total the ETA), shown with the total's range across
+tokenizers. Errors become one message, never a crash."""
 
 from __future__ import annotations
 
@@ -32,12 +34,15 @@ def render_report(report: DataReport) -> RenderableType:
     head.append(f", {report.empty} empty, {report.duplicates} duplicate")
     lines.append(head)
     if report.lengths:
-        how = "estimated from characters" if report.estimated else "measured"
+        how = "estimated from character classes" if report.estimated else "measured"
         lengths = report.lengths
+        total = f"{lengths.total:,} in all"
+        if report.estimated and report.total_range:
+            total += f" ({report.total_range[0]:,}–{report.total_range[1]:,} by tokenizer)"
         lines.append(
             Text(
                 f"tokens ({how}): p50 {lengths.p50:,} · p99 {lengths.p99:,} · max "
-                f"{lengths.max:,} · {lengths.total:,} in all"
+                f"{lengths.max:,} · {total}"
             )
         )
     if report.histogram:
