@@ -210,6 +210,7 @@ def measure(chat: Any, run: Any, settings: Any, repeats: int) -> dict[str, list[
     from textual.app import App
 
     from engine.chat import ChatWorker, run_target
+    from tui.app import stylesheets
     from tui.screens.chat.screen import ChatScreen, load_engine
 
     direct_worker = ChatWorker.start(run_target(run))
@@ -217,10 +218,9 @@ def measure(chat: Any, run: Any, settings: Any, repeats: int) -> dict[str, list[
     in_process = ChatScreen(run, settings=settings, engine_factory=lambda target, _: chat)
     worker = ChatScreen(run, settings=settings, engine_factory=load_engine)
     screens = {PATHS[4]: in_process, PATHS[5]: worker}
-    tui_dir = Path(__file__).resolve().parent.parent / "tui"
 
     class BenchApp(App[None]):
-        CSS_PATH = [str(tui_dir / "ftui.tcss"), str(tui_dir / "chat.tcss")]
+        CSS_PATH = stylesheets("chat")
 
         def on_mount(self) -> None:
             for name, screen in screens.items():

@@ -39,12 +39,11 @@ mode, run_path, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4])
 from pathlib import Path
 from textual.app import App
 from engine.run.rundir import RunDir
+from tui.app import stylesheets
 from tui.screens.dashboard.screen import DashboardScreen
 
-TUI = Path(sys.argv[5])
-
 class Bench(App):
-    CSS_PATH = [TUI / "ftui.tcss", TUI / "dashboard.tcss"]
+    CSS_PATH = stylesheets("dashboard")
     def on_mount(self):
         self.push_screen(DashboardScreen(RunDir(Path(run_path))))
 
@@ -155,7 +154,6 @@ def run_app(mode: str, run: Path, seconds: float = 0.0) -> dict[str, list[float]
             mode,
             str(run),
             str(seconds),
-            str(REPO / "tui"),
         ],
         check=True,
         capture_output=True,

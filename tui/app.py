@@ -17,16 +17,18 @@ from engine.machine.hardware import NvmlBackend
 from tui.screens.machine.screen import MachineScreen
 
 _HERE = Path(__file__).parent
-# The app's own stylesheet, then each screen's, which lives beside the screen's code.
-STYLESHEETS = [
-    _HERE / "ftui.tcss",
-    *(_HERE / "screens" / name / f"{name}.tcss" for name in ("dashboard", "runs", "plan", "chat")),
-]
+
+
+def stylesheets(*screens: str) -> list[str]:
+    """The app's own stylesheet, then each named screen's, which lives beside the screen's code."""
+    return [str(_HERE / "ftui.tcss")] + [
+        str(_HERE / "screens" / name / f"{name}.tcss") for name in screens
+    ]
 
 
 class FtuiApp(App[None]):
     DEFAULT_MODE = "machine"
-    CSS_PATH = [str(path) for path in STYLESHEETS]
+    CSS_PATH = stylesheets("dashboard", "runs", "plan", "chat")
     TITLE = "ftui"
     BINDINGS = [
         Binding("m", "show_mode('machine')", "Machine"),

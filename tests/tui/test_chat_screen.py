@@ -24,6 +24,7 @@ from engine.chat import (
     ProgressCallback,
 )
 from engine.run.rundir import RunDir, write_json_atomic
+from tui.app import stylesheets
 from tui.screens.chat.message import ChatAnswer
 from tui.screens.chat.screen import ChatScreen
 
@@ -108,7 +109,7 @@ def fake_run(root: Path) -> RunDir:
 
 
 class ChatTestApp(App[None]):
-    CSS_PATH = ["../../tui/ftui.tcss", "../../tui/chat.tcss"]
+    CSS_PATH = stylesheets("chat")
 
     def __init__(self, screen: ChatScreen) -> None:
         super().__init__()

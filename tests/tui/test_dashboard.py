@@ -16,8 +16,8 @@ from textual.app import App
 from textual.notifications import SeverityLevel
 from textual.widgets import Label, Log, Static
 
-import tui
 from engine.run.rundir import RunDir
+from tui.app import stylesheets
 from tui.screens.dashboard.chart import BrailleChart
 from tui.screens.dashboard.events import EventList
 from tui.screens.dashboard.gpu import DashGpuPanel
@@ -27,7 +27,6 @@ T0 = 1_700_000_000.0
 GIB = 1024**3
 RUN_ID = "qwen-lora-20231114-221320-ab12"
 SIZE = (120, 40)
-TUI = Path(tui.__file__).parent
 
 
 # -- recorded run directories ------------------------------------------------------------------
@@ -144,7 +143,7 @@ class RecordingDashboard(DashboardScreen):
 
 
 class DashApp(App[None]):
-    CSS_PATH = [TUI / "ftui.tcss", TUI / "dashboard.tcss"]
+    CSS_PATH = stylesheets("dashboard")
 
     def __init__(self, run: RunDir, **kwargs: Any) -> None:
         super().__init__()

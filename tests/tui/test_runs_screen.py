@@ -16,18 +16,18 @@ from textual.screen import Screen
 from textual.widgets import Button, Input
 
 from engine.paths import runs_root
+from tui.app import stylesheets
 from tui.screens.runs.dialogs import DeleteRunScreen, StopRunScreen
 from tui.screens.runs.screen import OpenDashboard, RunsScreen
 from tui.screens.runs.table import RunsTable
 
-TUI = Path(__file__).resolve().parents[2] / "tui"
 NOW = 1_750_000_000.0  # frozen "now" for ages
 
 
 class Harness(App[None]):
     """A tiny app that pushes one screen and records the dashboards it is asked to open."""
 
-    CSS_PATH = [TUI / "ftui.tcss", TUI / "runs.tcss", TUI / "plan.tcss"]
+    CSS_PATH = stylesheets("runs", "plan")
 
     def __init__(self, make_screen: Callable[[], Screen[Any]]) -> None:
         super().__init__()

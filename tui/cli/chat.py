@@ -190,13 +190,13 @@ def answer_once(target: Any, settings: Any, prompt: str, system: str, *, as_json
 def _open_app(target: Any, settings: Any, system: str) -> int:
     from textual.app import App
 
-    from tui.app import STYLESHEETS
+    from tui.app import stylesheets
     from tui.screens.chat.screen import ChatScreen
 
     _quiet_libraries()
 
     class ChatApp(App[None]):
-        CSS_PATH = [str(path) for path in STYLESHEETS if path.name in ("ftui.tcss", "chat.tcss")]
+        CSS_PATH = stylesheets("chat")
         TITLE = "ftui chat"
 
         def on_mount(self) -> None:
