@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report.log(f"done in {time.time() - start:.0f} s: {report.summary.get('grid_errors')}")
         report.close()
-    return 0
+    return 130 if report.summary.get("interrupted") else 0
 
 
 def _section(report: Report, name: str, body: Any) -> None:
@@ -377,6 +377,7 @@ def _launch(
         smoke=args.smoke,
         deadline=deadline,
         log=report.log,
+        gpu_profile=args.gpu_profile,
     )
     for check in result.get("checks", []):
         report.log(f"launch: {check['status']:7} {check['check']}")

@@ -78,6 +78,7 @@ def launch_section(
     smoke: bool,
     deadline: float,
     log: Any,
+    gpu_profile: str = "auto",
 ) -> dict[str, Any]:
     python = sys.executable
     result: dict[str, Any] = {"setup": setup.__dict__, "checks": []}
@@ -141,6 +142,8 @@ def launch_section(
         "--device",
         "cpu" if smoke else "cuda",
     ]
+    if gpu_profile != "auto" and not smoke:
+        argv += ["--gpu", gpu_profile]  # a GPU without a built-in profile plans as this one
     log("launch: " + " ".join(argv[1:]))
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
