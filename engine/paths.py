@@ -16,6 +16,11 @@ def ftui_home() -> Path:
     return base / "ftui"
 
 
+def ftui_cache() -> Path:
+    """What ftui can rebuild at will (parameter counts of built models): `$FTUI_HOME/cache`."""
+    return ftui_home() / "cache"
+
+
 def runs_root() -> Path:
     return ftui_home() / "runs"
 

@@ -17,6 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
+from engine.plan.params import (
+    ParamRoles,
+    attached_roles,
+    closed_form_reason,
+    lora_param_count,
+    lora_saved_input_bytes,
+)
 from engine.training_config import TrainingConfig
 
 GIB = 1024**3
@@ -160,6 +167,11 @@ def lora_targets(arch: ModelArch, config: TrainingConfig) -> list[Linear]:
 
 
 def count_params(arch: ModelArch, config: TrainingConfig | None = None) -> ParamCounts:
+    """By role from the real model when `engine.plan.params.param_roles` has counted it (the
+    planner does, once per config), else the closed form of a llama-shaped decoder."""
+    roles = attached_roles(arch)
+    if roles is not None:
+        return _counts_from_roles(arch, config, roles)
     h, v, n_layers = arch.hidden_size, arch.vocab_size, arch.num_layers
     linears = decoder_linears(arch)
     per_layer_linear = sum(lin.in_features * lin.out_features * lin.count for lin in linears)
@@ -189,6 +201,28 @@ def count_params(arch: ModelArch, config: TrainingConfig | None = None) -> Param
         other=other,
         trainable=trainable,
         per_layer_linear=per_layer_linear,
+        lora=lora,
+    )
+
+
+def _counts_from_roles(
+    arch: ModelArch, config: TrainingConfig | None, roles: ParamRoles
+) -> ParamCounts:
+    embedding, lm_head = roles.role("embedding"), roles.role("lm_head")
+    # bitsandbytes quantises Linear modules only: 3-D expert tensors, norms, routers, SSM
+    # parameters and towers' non-linear parts stay 16-bit in a QLoRA plan.
+    linear = roles.quantizable
+    decoder = roles.total - embedding - lm_head - roles.role("towers") - roles.role("mtp")
+    lora = lora_param_count(roles, config) if config is not None and config.is_peft else 0
+    trainable = roles.total if config is None or config.method == "full" else lora
+    return ParamCounts(
+        total=roles.total + lora,
+        embedding=embedding,
+        lm_head=lm_head,
+        linear=linear,
+        other=roles.total - embedding - lm_head - linear,
+        trainable=trainable,
+        per_layer_linear=decoder // max(arch.num_layers, 1),
         lora=lora,
     )
 
@@ -263,7 +297,10 @@ def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> f
         mlp += b * h  # gathered tokens per expert
         total += 4 * arch.num_experts  # router logits / softmax
     total += k * mlp
-    if config.is_peft:
+    roles = attached_roles(arch) if config.is_peft else None
+    if roles is not None:
+        total += lora_saved_input_bytes(roles, arch, config)
+    elif config.is_peft:
         # PEFT runs adapters in fp32: each adapted module keeps an fp32 copy of its input.
         for lin in lora_targets(arch, config):
             share = k if lin.count > 1 else 1
@@ -486,6 +523,9 @@ def estimate_memory(
     device = reserved + overhead
     if config.optim.startswith("paged_"):
         notes.append("paged optimizer states live in unified memory and can spill to CPU RAM")
+    reason = closed_form_reason(arch)
+    if reason is not None:
+        notes.append(f"parameter counts from the closed form: {reason}")
     return MemoryEstimate(
         allocated_bytes=int(allocated),
         reserved_bytes=int(reserved),

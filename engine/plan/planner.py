@@ -25,6 +25,7 @@ from engine.plan.corrections import (
     load_speed_corrections,
 )
 from engine.plan.estimator import GIB, MemoryEstimate, estimate_memory
+from engine.plan.params import param_roles
 from engine.plan.throughput import SPEED_BAND, tokens_per_s
 from engine.training_config import ConfigError, TrainingConfig
 from profiles import GpuProfile, gpu_profiles
@@ -228,6 +229,8 @@ def _rank_key(c: Candidate) -> tuple[float, int, int]:
 
 
 def plan(request: PlanRequest) -> Plan:
+    # The real model's parameter counts, once per config (disk-cached): never in the loop.
+    param_roles(request.arch)
     recommending = not fully_pinned(request.pinned, request.machine.count)
     configs = list(candidate_configs(request))
     if not configs:

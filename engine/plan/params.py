@@ -1,0 +1,397 @@
+"""Parameter counts by role, from the real transformers model built on the meta device.
+
+The closed form in engine/plan/estimator.py knows a llama-shaped decoder; today's models have
+low-rank attention (MLA), shared experts, fused 3-D expert tensors, Mamba and linear-attention
+blocks, dense first layers and towers. So, once per config, the real model is built on the
+`meta` device (no memory, no weights) and every parameter is counted by role. The result is
+cached on disk in ftui's cache folder, keyed by a hash of config.json and the transformers
+version, and beside it in memory: the solver never builds anything in its candidate loop.
+
+`param_roles(arch)` builds (or reads) the counts and attaches them to `arch`;
+`attached_roles(arch)` is the estimator's lookup: microseconds, never a build. When
+transformers cannot build the model the closed form stands and `closed_form_reason` says why.
+
+torch and transformers are imported inside the functions only: a warm cache never loads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.models import ModelArch
+from engine.paths import ftui_cache
+from engine.training_config import ALL_LINEAR, TrainingConfig
+
+# Bump when what is counted changes: old cache entries are then ignored.
+SCHEMA = 2
+ROLES = (
+    "embedding",  # input (and position) embeddings
+    "lm_head",  # the output head when it is not tied to the embeddings
+    "attention",  # attention projections (MLA's low-rank ones included), sinks
+    "dense_mlp",  # MLPs of dense layers
+    "routed_experts",  # the experts a router picks from
+    "shared_experts",  # experts every token passes through (and their gates)
+    "router",
+    "norms",
+    "ssm",  # Mamba / gated linear-attention blocks (projections, conv, A, D, dt)
+    "towers",  # vision or audio towers and their projectors
+    "mtp",  # multi-token-prediction heads
+    "other",
+)
+
+
+@dataclass(frozen=True)
+class LinearGroup:
+    """Every `nn.Linear` with one module name (`q_proj`), summed over layers (and experts).
+
+    LoRA's adapter size and its saved inputs follow from these sums exactly."""
+
+    name: str
+    modules: int
+    in_features: int  # sum over the modules
+    out_features: int  # sum over the modules
+    weights: int  # sum of in x out
+    expert: bool  # routed experts as separate linears: a token visits k of them per layer
+
+
+@dataclass(frozen=True)
+class ParamRoles:
+    """Parameter counts of one model by role (ties counted once)."""
+
+    roles: dict[str, int]
+    total: int
+    # Weights bitsandbytes' 4-bit loading replaces: every nn.Linear but the output head.
+    # 3-D expert tensors are parameters, not Linear modules: they stay 16-bit.
+    quantizable: int
+    expert_tensors: int  # fused 3-D expert parameters (routed experts as one tensor)
+    linears: tuple[LinearGroup, ...]
+    source: str  # "meta" (the real model) or "closed-form"
+    transformers_version: str = ""
+    reason: str = ""  # why the closed form stands (source "closed-form")
+    model_class: str = ""
+
+    def role(self, name: str) -> int:
+        return self.roles.get(name, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["linears"] = [asdict(group) for group in self.linears]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParamRoles:
+        groups = tuple(LinearGroup(**group) for group in data.get("linears", ()))
+        return cls(
+            roles={str(k): int(v) for k, v in data["roles"].items()},
+            total=int(data["total"]),
+            quantizable=int(data["quantizable"]),
+            expert_tensors=int(data["expert_tensors"]),
+            linears=groups,
+            source=str(data["source"]),
+            transformers_version=str(data.get("transformers_version", "")),
+            reason=str(data.get("reason", "")),
+            model_class=str(data.get("model_class", "")),
+        )
+
+
+@dataclass
+class _Registry:
+    by_key: dict[str, ParamRoles] = field(default_factory=dict)
+    # id(arch) -> (arch, roles): the arch is held so its id cannot be reused.
+    attached: dict[int, tuple[ModelArch, ParamRoles]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # cache key -> why it failed
+    reasons: dict[int, tuple[ModelArch, str]] = field(default_factory=dict)
+
+
+_REGISTRY = _Registry()
+
+
+def attached_roles(arch: ModelArch) -> ParamRoles | None:
+    """The counts `param_roles` attached to this arch, or None (the estimator's fast path)."""
+    entry = _REGISTRY.attached.get(id(arch))
+    return entry[1] if entry is not None and entry[0] is arch else None
+
+
+def closed_form_reason(arch: ModelArch) -> str | None:
+    """Why this arch is counted in closed form (None: it has real counts, or was not tried)."""
+    entry = _REGISTRY.reasons.get(id(arch))
+    return entry[1] if entry is not None and entry[0] is arch else None
+
+
+def _closed_form(arch: ModelArch, reason: str) -> None:
+    _REGISTRY.reasons[id(arch)] = (arch, reason)
+
+
+def transformers_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cache_key(config: dict[str, Any], version: str) -> str:
+    text = json.dumps(config, sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{SCHEMA}|{version}|{text}".encode()).hexdigest()
+    return digest[:32]
+
+
+def cache_dir() -> Path:
+    return ftui_cache() / "param-counts"
+
+
+def param_roles(arch: ModelArch, *, build: bool = True) -> ParamRoles | None:
+    """The real model's counts for `arch`: memory, then the disk cache, then (with `build`)
+    the meta-device model. Attached to `arch` for the estimator. None when transformers is
+    missing or cannot build this config (`closed_form_reason` then says why)."""
+    found = attached_roles(arch)
+    if found is not None:
+        return found
+    version = transformers_version()
+    if version is None:
+        _closed_form(arch, "transformers is not installed")
+        return None
+    key = cache_key(arch.config, version)
+    roles = _REGISTRY.by_key.get(key) or _read_cache(key)
+    if roles is None and key in _REGISTRY.failures:
+        _closed_form(arch, f"transformers cannot build it ({_REGISTRY.failures[key]})")
+        return None
+    if roles is None and build:
+        try:
+            roles = count_on_meta(arch.config, version)
+        except Exception as exc:  # any failure to build: the closed form stands
+            reason = _one_line(exc)
+            _REGISTRY.failures[key] = reason
+            _closed_form(arch, f"transformers cannot build it ({reason})")
+            return None
+        _write_cache(key, roles)
+    if roles is None:
+        return None
+    _REGISTRY.by_key[key] = roles
+    _REGISTRY.attached[id(arch)] = (arch, roles)
+    return roles
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _read_cache(key: str) -> ParamRoles | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        return ParamRoles.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cache(key: str, roles: ParamRoles) -> None:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Atomic: a concurrent `ftui plan` never reads half a file.
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(roles.to_dict(), handle)
+        os.replace(tmp, folder / f"{key}.json")
+    except OSError:
+        pass  # a read-only cache costs a rebuild next time, nothing else
+
+
+# -- LoRA on the real modules -----------------------------------------------------------------
+
+
+def adapted_groups(roles: ParamRoles, config: TrainingConfig) -> list[LinearGroup]:
+    """The Linear modules LoRA adapts: PEFT's all-linear is every Linear but the output head
+    (fused 3-D experts are parameters, not Linears: all-linear leaves them alone); an explicit
+    list matches module names."""
+    if ALL_LINEAR in config.targets:
+        return list(roles.linears)
+    wanted = set(config.targets)
+    return [group for group in roles.linears if group.name in wanted]
+
+
+def lora_param_count(roles: ParamRoles, config: TrainingConfig | None) -> int:
+    if config is None or not config.is_peft:
+        return 0
+    total = 0
+    for group in adapted_groups(roles, config):
+        total += config.rank * (group.in_features + group.out_features)
+        if config.dora:
+            total += group.out_features  # magnitude vector
+    return total
+
+
+def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingConfig) -> float:
+    """Bytes per token per decoder layer that LoRA adds to what backward keeps: PEFT runs
+    adapters in fp32, so each adapted module keeps an fp32 copy of its input (and the rank-r
+    intermediate; DoRA its output). Expert linears see k of E experts' share of tokens."""
+    layers = max(arch.num_layers, 1)
+    routed = arch.experts_per_token / arch.num_experts if arch.num_experts else 1.0
+    total = 0.0
+    for group in adapted_groups(roles, config):
+        share = routed if group.expert else 1.0
+        per = 4 * group.in_features + 4 * config.rank * group.modules
+        if config.dora:
+            per += 4 * group.out_features
+        total += share * per / layers
+    return total
+
+
+# -- counting on the meta device ---------------------------------------------------------------
+
+_TOWER = re.compile(r"(vision|visual|audio|image|multi_modal|mm_projector|speech|patch_embed)")
+_MTP = re.compile(r"(^|\.)(mtp|nextn)")
+_SSM = re.compile(r"(^|\.)(mamba|linear_attn|mixer|ssm|conv1d|time_mix|channel_mix)(\.|$)")
+_ATTENTION = re.compile(r"(attn|attention)")
+_MLP = re.compile(r"(^|\.)(mlp|feed_forward|ffn|block_sparse_moe|moe)(\.|$)")
+_SHARED = re.compile(r"shared_expert")
+_ROUTED = re.compile(r"(^|\.)experts(\.|$)")
+
+
+def decode_floats(value: Any) -> Any:
+    """transformers 5 writes non-finite floats into config.json as {"__float__": "Infinity"}
+    (Falcon-H1's time_step_limit) and does not read them back: turn them into floats."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"}:
+            return float(value["__float__"])
+        return {k: decode_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_floats(v) for v in value]
+    return value
+
+
+def hf_config(config: dict[str, Any]) -> Any:
+    """transformers' config object for a config.json dict (its non-finite floats included)."""
+    from transformers import AutoConfig
+
+    cfg = decode_floats(dict(config))
+    cfg.pop("quantization_config", None)  # --method decides, not the checkpoint
+    cfg["use_cache"] = False
+    return AutoConfig.for_model(**cfg)
+
+
+def build_on_meta(config: dict[str, Any]) -> Any:
+    """The causal LM transformers builds from this config, on `meta` (nothing allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    auto_model: Any = AutoModelForCausalLM  # untyped classmethods
+    with torch.device("meta"):
+        return auto_model.from_config(hf_config(config), dtype=torch.bfloat16)
+
+
+def count_on_meta(config: dict[str, Any], version: str = "") -> ParamRoles:
+    """Build the model on meta and count every parameter by role."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_on_meta(config)
+    return roles_of_model(model, version)
+
+
+def roles_of_model(model: Any, version: str = "") -> ParamRoles:
+    """Count a built model's parameters by role (each shared parameter once)."""
+    import torch
+
+    output = model.get_output_embeddings()
+    inputs = model.get_input_embeddings()
+    tied = output is not None and inputs is not None and output.weight is inputs.weight
+    roles = dict.fromkeys(ROLES, 0)
+    quantizable = expert_tensors = 0
+    groups: dict[tuple[str, bool], list[int]] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        kind = type(module).__name__
+        linear = isinstance(module, torch.nn.Linear) or kind == "Conv1D"
+        if linear and module is not output:
+            weight = module.weight
+            if kind == "Conv1D":  # GPT-2's transposed linear: weight is (in, out)
+                in_f, out_f = weight.shape[0], weight.shape[1]
+            else:
+                in_f, out_f = module.in_features, module.out_features
+            leaf = module_name.rsplit(".", 1)[-1]
+            expert = bool(_ROUTED.search(module_name)) and not _SHARED.search(module_name)
+            sums = groups.setdefault((leaf, expert), [0, 0, 0, 0])
+            if id(weight) not in seen:
+                sums[0] += 1
+                sums[1] += int(in_f)
+                sums[2] += int(out_f)
+                sums[3] += int(weight.numel())
+                quantizable += int(weight.numel())
+        for param in module.parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            count = int(getattr(param, "logical_numel", param.numel()))
+            if module is output and not tied:
+                role = "lm_head"
+            elif module is output or isinstance(module, torch.nn.Embedding):
+                role = "embedding" if not _TOWER.search(module_name) else "towers"
+            else:
+                role = _role(module_name, kind)
+            if role == "routed_experts" and param.dim() == 3:
+                expert_tensors += count
+            roles[role] += count
+    linears = tuple(
+        LinearGroup(name, n, in_f, out_f, weights, expert)
+        for (name, expert), (n, in_f, out_f, weights) in sorted(groups.items())
+    )
+    return ParamRoles(
+        roles=roles,
+        total=sum(roles.values()),
+        quantizable=quantizable,
+        expert_tensors=expert_tensors,
+        linears=linears,
+        source="meta",
+        transformers_version=version,
+        model_class=type(model).__name__,
+    )
+
+
+def _role(module_name: str, kind: str) -> str:
+    lowered = module_name.lower()
+    leaf = lowered.rsplit(".", 1)[-1]
+    if _TOWER.search(lowered):
+        return "towers"
+    if _MTP.search(lowered):
+        return "mtp"
+    if "norm" in kind.lower():
+        return "norms"
+    if _SHARED.search(lowered):
+        return "shared_experts"
+    if _ROUTED.search(lowered):
+        return "routed_experts"
+    if "router" in kind.lower() or leaf in ("gate", "router"):
+        return "router"
+    if _SSM.search(lowered):
+        return "ssm"
+    if _ATTENTION.search(lowered):
+        return "attention"
+    if _MLP.search(lowered):
+        return "dense_mlp"
+    return "other"
+
+
+__all__ = [
+    "ROLES",
+    "LinearGroup",
+    "ParamRoles",
+    "attached_roles",
+    "cache_key",
+    "closed_form_reason",
+    "count_on_meta",
+    "lora_param_count",
+    "lora_saved_input_bytes",
+    "param_roles",
+    "roles_of_model",
+]
