@@ -6,15 +6,20 @@
                                                  merged into the base), the tokenizer, README.md
 
 The model card lists the run's spec and its final metrics (metrics.jsonl, state.json). A
-non-empty output directory is refused unless `force`; with it, files of the same names are
-replaced and every other file is left alone. The export is written to a temporary folder next
-to the output first, so a failure (a merge out of memory) leaves no half-written model.
+non-empty output directory is refused unless `force`. The export is written to a temporary
+folder next to the output first, so a failure (a merge out of memory) leaves no half-written
+model, then swapped in: with `force` over an earlier export, the files that export wrote
+(ftui.json lists them) go and the user's own files stay, so the folder loads as what was just
+exported. A folder ftui did not write is never emptied: `force` writes beside its files, and
+refuses when it holds model files that would mix with the export's (an adapter_config.json
+beside merged weights loads as an adapter).
 
 Headless and cheap to import: torch, transformers and peft load inside the functions.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -36,6 +41,13 @@ from engine.run.rundir import JsonlTail, RunDir, read_json
 
 # Trainer checkpoints hold optimizer state and the like: only these travel with a full model.
 FULL_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+# Files transformers or PEFT read when loading a folder: two models' worth in one folder mix.
+MODEL_FILE_PATTERNS = (
+    "config.json", "generation_config.json", "adapter_config.json", "adapter_model.*",
+    "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json",
+    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+    "vocab.json", "merges.txt",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,15 +68,47 @@ class ExportResult:
         }
 
 
+def _model_files(names: list[str]) -> list[str]:
+    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in MODEL_FILE_PATTERNS)]
+
+
+def earlier_export(out_dir: Path) -> set[str] | None:
+    """The names an earlier ftui export wrote into `out_dir` (with any model files beside
+    them), or None when ftui did not write it."""
+    try:
+        marker = json.loads((out_dir / "ftui.json").read_text(encoding="utf-8"))
+        names = [p.name for p in out_dir.iterdir()]
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or "run_id" not in marker or "kind" not in marker:
+        return None
+    listed = marker.get("files")
+    written = {str(n) for n in listed} if isinstance(listed, list) else set()
+    return written | set(_model_files(names)) | {"README.md", "ftui.json"}
+
+
 def check_out_dir(out_dir: Path, *, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ChatError(f"{out_dir} is a file, not a directory", "choose a directory for --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        count = sum(1 for _ in out_dir.iterdir())
+    try:
+        names = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    except OSError as exc:
         raise ChatError(
-            f"{out_dir} is not empty ({count} entries): refusing to write into it",
-            "choose a new or empty directory, or add --force to write into it (files with the "
-            "export's names are replaced, other files are kept)",
+            f"cannot read {out_dir}: {exc.strerror or exc}", "choose a folder you can write to"
+        ) from exc
+    if not names:
+        return
+    if not force:
+        raise ChatError(
+            f"{out_dir} is not empty ({len(names)} entries): refusing to write into it",
+            "choose a new or empty directory, or add --force (an earlier export there is "
+            "replaced; files ftui did not write are kept)",
+        )
+    if earlier_export(out_dir) is None and (theirs := _model_files(names)):
+        raise ChatError(
+            f"{out_dir} holds model files ftui did not write ({', '.join(theirs[:5])}): the "
+            "export beside them would not load as what was exported",
+            "choose a new or empty directory, or move those files away first",
         )
 
 
@@ -211,18 +255,50 @@ def _write_full(ref: AdapterRef, out: Path) -> None:
         raise ChatError(f"{ref.path} holds no model weights (*.safetensors)", "pick another one")
 
 
-def _move_into(staging: Path, out_dir: Path) -> list[str]:
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return sorted(p.name for p in out_dir.iterdir())
-    names = sorted(p.name for p in staging.iterdir())
-    for name in names:
-        target = out_dir / name
+def _move_into(staging: Path, out_dir: Path) -> None:
+    """Into a folder ftui did not write (checked to hold no model files): beside its files."""
+    for entry in sorted(staging.iterdir()):
+        target = out_dir / entry.name
         if target.is_dir() and not target.is_symlink():
             raise ChatError(f"{target} is a directory in the way", "remove it or use another --out")
-        os.replace(staging / name, target)
+        os.replace(entry, target)
     staging.rmdir()
-    return names
+
+
+def _install(staging: Path, out_dir: Path) -> None:
+    """Put the finished export in place: a rename when `out_dir` is new or empty; over an
+    earlier export, a swap that keeps the user's own files and drops the old export's."""
+    previous = earlier_export(out_dir) if out_dir.is_dir() else None
+    if not out_dir.exists() or (previous is None and not any(out_dir.iterdir())):
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+        return
+    if previous is None:
+        _move_into(staging, out_dir)
+        return
+    new = {p.name for p in staging.iterdir()}
+    trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    old = trash / "old"
+    try:
+        os.replace(out_dir, old)  # from here the old export is whole in `old` until the swap
+    except OSError:
+        trash.rmdir()
+        raise
+    kept = [n for n in sorted(p.name for p in old.iterdir()) if n not in previous | new]
+    moved: list[str] = []
+    try:
+        for name in kept:
+            os.replace(old / name, staging / name)
+            moved.append(name)
+        os.replace(staging, out_dir)
+    except OSError:
+        for name in moved:  # put the user's files back where they were
+            os.replace(staging / name, old / name)
+        os.replace(old, out_dir)
+        trash.rmdir()
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def export_run(
@@ -257,8 +333,15 @@ def export_run(
         if progress is not None:
             progress(steps[index], index + 1, len(steps))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
+        staging.chmod(0o755)
+    except OSError as exc:
+        raise ChatError(
+            f"cannot write {out_dir}: {exc.strerror or exc}",
+            "choose a folder you can write to for --out",
+        ) from exc
     try:
         stage(0)
         tokenizer_source = (
@@ -275,14 +358,22 @@ def export_run(
         stage(2)
         card = model_card(run, ref, kind, base_model, dtype)
         (staging / "README.md").write_text(card, encoding="utf-8")
+        written = sorted([*(p.name for p in staging.iterdir()), "ftui.json"])
         (staging / "ftui.json").write_text(
             json.dumps(
                 {"run_id": run.run_id, "checkpoint": ref.name, "kind": kind,
-                 "base_model": base_model, "exported_at": time.time()},
+                 "base_model": base_model, "exported_at": time.time(), "files": written},
                 indent=2,
             ) + "\n"
         )  # fmt: skip
-        files = _move_into(staging, out_dir)
+        _install(staging, out_dir)
+        files = written
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ChatError(
+            f"writing the export to {out_dir} failed: {exc.strerror or exc}",
+            "check the folder's free space and permissions, or choose another --out",
+        ) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
