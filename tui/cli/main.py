@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_chat_parsers(sub)
 
+    from tui.cli.serve import add_serve_parsers
+
+    add_serve_parsers(sub)
+
     add_run_parsers(sub)
 
     gpu_profiles = sub.add_parser("gpu-profiles", help="list the built-in GPU profiles")

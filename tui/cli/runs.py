@@ -69,6 +69,7 @@ def add_run_parsers(sub: Any) -> None:
     stop = sub.add_parser("stop", help="stop a run: checkpoint, then exit (--now: kill)")
     stop.add_argument("run")
     stop.add_argument("--now", action="store_true", help="kill the run's processes now")
+    stop.add_argument("--server", action="store_true", help="stop the run's `ftui serve` server")
     stop.set_defaults(handler=cmd_stop)
 
     save = sub.add_parser("save", help="ask a running run to save a checkpoint now")
@@ -319,10 +320,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from engine.run.operations import stop
-    from engine.run.rundir import find_run
+    from engine.run.operations import reconcile, stop
+    from engine.run.rundir import FINAL, find_run
+    from engine.serve.state import live_server, stop_server
 
-    sys.stdout.write(stop(find_run(args.run), now=args.now) + "\n")
+    run = find_run(args.run)
+    # --server, or a finished run whose server still runs: stop the server (`ftui serve`).
+    if args.server or (live_server(run) and reconcile(run).get("status") in FINAL):
+        sys.stdout.write(stop_server(run) + "\n")
+        return 0
+    sys.stdout.write(stop(run, now=args.now) + "\n")
     return 0
 
 
