@@ -4,6 +4,11 @@ On rank 0 it appends `metrics.jsonl` (tokens/s measured over the last logging in
 real, non-padding tokens) and `events.jsonl`, and updates `state.json`. On every rank it polls
 `control/` for `stop` and `save-now` (rank 0 reads the files, every rank gets the same answer
 through one all-reduce so they stop at the same step), and it stops the run on a NaN/inf loss.
+
+A stop has three sources, all handled the same way (checkpoint at the end of this step, then
+exit, status `stopped`): the `stop` file, SIGTERM/SIGINT (`ftui stop --now`: the handler only
+sets a flag), and the supervisor's death (each node's first process checks it once a second),
+so a trainer never trains on unsupervised.
 """
 
 from __future__ import annotations
@@ -17,9 +22,46 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from engine.run.rundir import JsonlTail, RunDir, append_jsonl, write_json_atomic
+from engine.run.rundir import FINAL, JsonlTail, RunDir, append_jsonl, write_json_atomic
 
 STOP, SAVE_NOW = "stop", "save-now"
+SUPERVISOR_CHECK_SECONDS = 1.0
+
+# Set by the trainer's SIGTERM/SIGINT handler (a flag and nothing else); read every step.
+signalled: dict[str, int] = {"signal": 0}
+
+
+def on_stop_signal(signum: int, frame: Any) -> None:
+    signalled["signal"] = signum
+
+
+class SupervisorWatch:
+    """Whether the supervisor that started this trainer still lives (pid + create time from
+    the environment; a trainer started by hand has none and never stops for this)."""
+
+    def __init__(self) -> None:
+        pid = os.environ.get("FTUI_SUPERVISOR_PID")
+        created = os.environ.get("FTUI_SUPERVISOR_CREATE_TIME")
+        self.pid = int(pid) if pid and pid.isdigit() else None
+        try:
+            self.created = float(created) if created and created != "None" else None
+        except ValueError:
+            self.created = None
+        self._next = 0.0
+        self.gone = False
+
+    def check(self) -> bool:
+        """True once the supervisor is gone (looked at once a second at most)."""
+        if self.gone or self.pid is None:
+            return self.gone
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + SUPERVISOR_CHECK_SECONDS
+        from engine.run.processes import pid_alive
+
+        self.gone = not pid_alive(self.pid, self.created)
+        return self.gone
 
 
 @lru_cache(maxsize=1)
@@ -40,6 +82,8 @@ def callback_class() -> type:
             self._last_step = 0
             self._samples_per_step = 1
             self.stop_requested = False
+            self.stop_reason: str | None = None
+            self.supervisor = SupervisorWatch()
             self.probe_enabled = False
             self.method = "lora"
             self.attn = "sdpa"
@@ -92,28 +136,44 @@ def callback_class() -> type:
             if state.global_step > 0 and self.is_main:
                 self._truncate_history(state.global_step)
                 self.run.event("resumed", step=state.global_step)
-            self.run.update_state(
-                status="running",
-                max_steps=state.max_steps,
-                world_size=self.world_size,
-                trainer_pid=os.getpid(),
-                host=socket.gethostname(),
-                train_started_at=time.time(),
-                start_step=state.global_step,
+            from engine.run.processes import create_time
+
+            me = {
+                "trainer_pid": os.getpid(),
+                "trainer_pgid": os.getpgrp(),
+                "trainer_create_time": create_time(os.getpid()),
+            }
+            self.run.modify_state(
+                lambda current: {
+                    # A stop may have come while the model loaded: keep "stopping".
+                    "status": "stopping" if current.get("status") == "stopping" else "running",
+                    "max_steps": state.max_steps,
+                    "world_size": self.world_size,
+                    "host": socket.gethostname(),
+                    "train_started_at": time.time(),
+                    "start_step": state.global_step,
+                    **me,
+                }
             )
-            self.run.event("train_begin", step=state.global_step, max_steps=state.max_steps)
+            self.run.event("train_begin", step=state.global_step, max_steps=state.max_steps, **me)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if self.probe_at is not None and state.global_step >= self.probe_at:
                 self.probe_at = None
                 self._probe(kwargs.get("model"))
             stop = save = False
+            reason = None
             if self.is_main:
                 stop = (self.run.control / STOP).exists()
                 save_path = self.run.control / SAVE_NOW
                 save = save_path.exists()
                 if save:
                     save_path.unlink(missing_ok=True)
+                reason = "requested" if stop else None
+            if signalled["signal"]:
+                stop, reason = True, reason or f"signal {signalled['signal']}"
+            if self.is_node_main and self.supervisor.check():
+                stop, reason = True, reason or "supervisor gone"
             stop, save = self._sync_flags(stop, save)
             if save:
                 control.should_save = True
@@ -121,11 +181,16 @@ def callback_class() -> type:
                     self.run.event("save_requested", step=state.global_step)
             if stop and not self.stop_requested:
                 self.stop_requested = True
+                self.stop_reason = reason or "another rank stopped"
                 control.should_save = True
                 control.should_training_stop = True
-                if self.is_main:
-                    self.run.event("stop_requested", step=state.global_step)
-                    self.run.update_state(status="stopping")
+                if self.is_node_main:
+                    self.run.event(
+                        "stop_requested", step=state.global_step, reason=self.stop_reason
+                    )
+                    self.run.modify_state(
+                        lambda s: None if s.get("status") in FINAL else {"status": "stopping"}
+                    )
             return control
 
         def on_log(

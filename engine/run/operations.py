@@ -14,28 +14,32 @@ from typing import Any
 
 from engine.errors import FtuiError
 from engine.run.launch import build_launch
-from engine.run.rundir import FINAL, RunDir, create_run_dir, iter_run_paths, write_json_atomic
+from engine.run.processes import (
+    create_time,
+    signal_trainers,
+    supervisor_alive,
+    trainer_processes,
+)
+from engine.run.rundir import (
+    FINAL,
+    RunBusy,
+    RunDir,
+    create_run_dir,
+    iter_run_paths,
+    read_json,
+    write_json_atomic,
+)
 from engine.run.spec import RunSpec
 
-
-def _pid_alive(pid: int | None, create_time: float | None = None) -> bool:
-    if not pid:
-        return False
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(proc.create_time() - create_time) < 1.0
-    except psutil.Error:
-        return False
+# The process records of an earlier attempt, cleared when a run starts again.
+_PROCESS_KEYS = ("supervisor_pid", "supervisor_create_time", "launcher_pid", "pgid",
+                 "launcher_create_time", "pids", "pid_times", "trainer_pid", "trainer_pgid",
+                 "trainer_create_time")  # fmt: skip
 
 
-def start_supervisor(run: RunDir) -> int:
-    """Start the detached supervisor of `run`; returns its pid at once."""
-    import psutil
-
+def start_supervisor(run: RunDir, *extra_args: str) -> int:
+    """Start the detached supervisor of `run`; returns its pid at once. The caller holds the
+    run's operation lock."""
     command_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The supervisor and the trainer must import this same ftui, installed or not.
     root = str(Path(__file__).resolve().parent.parent)
@@ -43,7 +47,7 @@ def start_supervisor(run: RunDir) -> int:
     command_env["PYTHONPATH"] = root + (os.pathsep + current if current else "")
     log = (run.path / "supervisor.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.run.supervisor", "--run-dir", str(run.path)],
+        [sys.executable, "-m", "engine.run.supervisor", "--run-dir", str(run.path), *extra_args],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -55,8 +59,8 @@ def start_supervisor(run: RunDir) -> int:
     log.close()
     # Reap it if this process outlives it (the TUI), so it never lingers as a zombie.
     threading.Thread(target=proc.wait, daemon=True).start()
-    create_time = psutil.Process(proc.pid).create_time()
-    run.update_state(supervisor_pid=proc.pid, supervisor_create_time=create_time)
+    if not extra_args:
+        run.update_state(supervisor_pid=proc.pid, supervisor_create_time=create_time(proc.pid))
     return proc.pid
 
 
@@ -65,6 +69,12 @@ def launch(spec: RunSpec, *, plan_summary: dict[str, Any] | None = None) -> RunD
     spec.validate()
     name = spec.name or Path(spec.model).name
     run = create_run_dir(name)
+    with run.operation_lock():
+        _create_and_start(run, spec, plan_summary)
+    return run
+
+
+def _create_and_start(run: RunDir, spec: RunSpec, plan_summary: dict[str, Any] | None) -> None:
     run.spec.write_text(spec.to_yaml(), encoding="utf-8")
     write_json_atomic(run.plan, plan_summary or {})
     command = build_launch(spec, run.path)
@@ -84,7 +94,6 @@ def launch(spec: RunSpec, *, plan_summary: dict[str, Any] | None = None) -> RunD
     )
     run.event("created", launcher=command.launcher)
     start_supervisor(run)
-    return run
 
 
 @dataclass(frozen=True)
@@ -100,10 +109,13 @@ class RunInfo:
     step: int | None
     max_steps: int | None
     loss: float | None
+    damaged: str | None = None  # what was wrong with state.json (rebuilt from the events)
+    eval: dict[str, Any] | None = None  # the latest finished `ftui eval` (eval/summary.json)
 
     @property
     def label(self) -> str:
-        return f"{self.status} ({self.failure})" if self.failure else self.status
+        notes = [n for n in (self.failure, "state damaged" if self.damaged else None) if n]
+        return f"{self.status} ({', '.join(notes)})" if notes else self.status
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "label": self.label}
@@ -131,19 +143,48 @@ def _last_metric(run: RunDir) -> dict[str, Any]:
     return {}
 
 
-def reconcile(run: RunDir) -> dict[str, Any]:
-    """state.json, corrected when its supervisor died without writing the end (SIGKILL)."""
+def reconcile(run: RunDir, *, locked: bool = False) -> dict[str, Any]:
+    """state.json, corrected when nobody is left to write the run's end (its supervisor and
+    every training process died: SIGKILL, a reboot). A live trainer keeps a run `running` even
+    without its supervisor (the trainer then checkpoints and stops by itself). `locked`: the
+    caller holds the run's operation lock; otherwise a start or resume under way (which holds
+    it) is left alone."""
     state = run.read_state()
-    status = state.get("status", "starting")
-    if status in FINAL:
+    if state.get("status", "starting") in FINAL or _alive(state):
         return state
-    if _pid_alive(state.get("supervisor_pid"), state.get("supervisor_create_time")):
-        return state
-    # Nobody is left to finish the state: kill stragglers and record how it ended.
-    from engine.run.supervisor import _kill
+    if locked:
+        return _record_killed(run)
+    try:
+        with run.try_operation_lock():
+            return _record_killed(run)
+    except RunBusy:
+        return state  # a command is starting or stopping it right now
 
-    _kill([p for p in state.get("pids", []) if _pid_alive(p)], signal.SIGKILL)
-    return run.update_state(status="failed", failure="killed", note="the run's processes died")
+
+def _alive(state: dict[str, Any]) -> bool:
+    return supervisor_alive(state) or bool(trainer_processes(state))
+
+
+def _record_killed(run: RunDir) -> dict[str, Any]:
+    def decide(state: dict[str, Any]) -> dict[str, Any] | None:
+        if state.get("status", "starting") in FINAL or _alive(state):
+            return None
+        return {
+            "status": "failed",
+            "failure": "killed",
+            "note": "the run's processes died",
+            **_checkpoint_on_disk(run),
+        }
+
+    return run.modify_state(decide)
+
+
+def _checkpoint_on_disk(run: RunDir) -> dict[str, Any]:
+    """The last complete checkpoint as found on disk (what a resume would start from)."""
+    last = run.last_checkpoint()
+    if last is None:
+        return {"last_checkpoint": None, "last_checkpoint_step": None}
+    return {"last_checkpoint": str(last), "last_checkpoint_step": int(last.name.split("-")[1])}
 
 
 def run_info(run: RunDir) -> RunInfo:
@@ -161,32 +202,50 @@ def run_info(run: RunDir) -> RunInfo:
         step=last.get("step"),
         max_steps=last.get("max_steps") or state.get("max_steps"),
         loss=last.get("loss"),
+        damaged=state.get("damaged"),
+        eval=read_json(run.path / "eval" / "summary.json") or None,
     )
 
 
 def list_runs(root: Path | None = None) -> list[RunInfo]:
-    infos = [run_info(RunDir(p)) for p in iter_run_paths(root)]
+    infos = []
+    for path in iter_run_paths(root):
+        try:
+            infos.append(run_info(RunDir(path)))
+        except RunBusy:
+            continue  # its state stayed locked: shown at the next refresh
     return sorted(infos, key=lambda i: i.created_at, reverse=True)
 
 
 def stop(run: RunDir, *, now: bool = False) -> str:
-    state = reconcile(run)
-    if state.get("status") in FINAL:
-        raise FtuiError(f"run {run.run_id} is already {state['status']}", "nothing to stop")
-    if not now:
-        run.request("stop")
-        run.event("stop_requested_by_user")
-        run.update_state(status="stopping")
-        return "requested: the run saves a checkpoint at the end of this step and exits"
-    pid = state.get("supervisor_pid")
-    if pid and _pid_alive(int(pid), state.get("supervisor_create_time")):
-        os.kill(int(pid), signal.SIGTERM)
-        return "sent SIGTERM: the run checkpoints if it can, then every process is killed"
-    from engine.run.supervisor import _kill
+    """Ask the run to checkpoint and stop (`now`: SIGTERM, then SIGKILL after a grace)."""
+    with run.operation_lock():
+        state = reconcile(run, locked=True)
+        live = trainer_processes(state)
+        if state.get("status") in FINAL and not live:
+            raise FtuiError(f"run {run.run_id} is already {state['status']}", "nothing to stop")
+        if not now:
+            run.request("stop")
+            run.event("stop_requested_by_user")
+            run.modify_state(_stopping)
+            return "requested: the run saves a checkpoint at the end of this step and exits"
+        run.event("stop_now_requested_by_user")
+        run.modify_state(_stopping)
+        if supervisor_alive(state):
+            os.kill(int(state["supervisor_pid"]), signal.SIGTERM)
+            return "sent SIGTERM: the run checkpoints if it can, then every process is killed"
+        # No supervisor: signal the trainers ourselves; a detached helper escalates to SIGKILL
+        # after the grace period and records the end.
+        signal_trainers(state, signal.SIGTERM)
+        start_supervisor(run, "--reap")
+        return (
+            "sent SIGTERM to the run's trainer (its supervisor is gone); it is killed if it "
+            "has not stopped after the grace period"
+        )
 
-    _kill([int(p) for p in state.get("pids", [])], signal.SIGKILL)
-    run.update_state(status="stopped", note="killed with --now")
-    return "killed the run's processes"
+
+def _stopping(state: dict[str, Any]) -> dict[str, Any] | None:
+    return None if state.get("status") in FINAL else {"status": "stopping"}
 
 
 def save_now(run: RunDir) -> None:
@@ -215,8 +274,9 @@ def delete_run(run: RunDir) -> None:
     """Remove a finished run's folder; refuses a run that is still going."""
     import shutil
 
-    status = reconcile(run).get("status", "starting")
-    if status not in FINAL:
+    state = reconcile(run)
+    status = state.get("status", "starting")
+    if status not in FINAL or trainer_processes(state):
         raise FtuiError(
             f"run {run.run_id} is {status}: it cannot be deleted while it runs",
             "stop it first, then delete it",
@@ -225,33 +285,46 @@ def delete_run(run: RunDir) -> None:
 
 
 def resume(run: RunDir) -> str:
-    """Continue a stopped or failed run from its last complete checkpoint, in place."""
-    state = reconcile(run)
-    if state.get("status") not in ("failed", "stopped"):
-        raise FtuiError(
-            f"run {run.run_id} is {state.get('status')}", "only a stopped or failed run resumes"
-        )
-    checkpoint = run.last_checkpoint()
-    if checkpoint is None:
-        raise FtuiError(
-            f"run {run.run_id} has no complete checkpoint", "launch it again from the start"
-        )
-    (run.control / "stop").unlink(missing_ok=True)
-    (run.control / "save-now").unlink(missing_ok=True)
-    import json
+    """Continue a stopped or failed run from its last complete checkpoint, in place. At most
+    one resume (or start, or stop) runs at a time, and never while a trainer of it lives."""
+    with run.operation_lock():
+        state = reconcile(run, locked=True)
+        live = trainer_processes(state)
+        if live or supervisor_alive(state):
+            supervisor = [state["supervisor_pid"]] if supervisor_alive(state) else []
+            pids = ", ".join(str(p) for p in [*live, *supervisor])
+            raise FtuiError(
+                f"run {run.run_id} is {state.get('status')} (live processes: {pids})",
+                "only a stopped or failed run whose processes have exited resumes: wait for "
+                f"them, or stop it (`ftui stop {run.run_id}`)",
+            )
+        if state.get("status") not in ("failed", "stopped"):
+            raise FtuiError(
+                f"run {run.run_id} is {state.get('status')}",
+                "only a stopped or failed run resumes",
+            )
+        checkpoint = run.last_checkpoint()
+        if checkpoint is None:
+            raise FtuiError(
+                f"run {run.run_id} has no complete checkpoint", "launch it again from the start"
+            )
+        (run.control / "stop").unlink(missing_ok=True)
+        (run.control / "save-now").unlink(missing_ok=True)
+        import json
 
-    command = json.loads(run.command.read_text(encoding="utf-8"))
-    command["extra_env"] = {"FTUI_RESUME_FROM": str(checkpoint)}
-    write_json_atomic(run.command, command)
-    run.update_state(
-        status="starting",
-        failure=None,
-        resumed_from=str(checkpoint),
-        resumed_at=time.time(),
-        exit_code=None,
-    )
-    run.event("resume", checkpoint=str(checkpoint))
-    start_supervisor(run)
+        command = json.loads(run.command.read_text(encoding="utf-8"))
+        command["extra_env"] = {"FTUI_RESUME_FROM": str(checkpoint)}
+        write_json_atomic(run.command, command)
+        run.update_state(
+            status="starting",
+            failure=None,
+            resumed_from=str(checkpoint),
+            resumed_at=time.time(),
+            exit_code=None,
+            **dict.fromkeys(_PROCESS_KEYS),
+        )
+        run.event("resume", checkpoint=str(checkpoint))
+        start_supervisor(run)
     return str(checkpoint)
 
 

@@ -2,9 +2,11 @@
 
 `ftui launch` starts it in a new session (no controlling terminal: an SSH hangup never reaches
 it) and returns at once. It starts the launcher from `command.json` in its own process group
-with all output to `stdout.log`, records every pid, samples the GPUs into `gpu.jsonl`, forwards
-SIGTERM (the single-process and deepspeed launchers do not), escalates to SIGKILL of every
-recorded pid (torchrun workers sit in sessions of their own), and classifies how the run ended.
+with all output to `stdout.log`, records every pid (with its create time), samples the GPUs into
+`gpu.jsonl`, forwards SIGTERM (the single-process and deepspeed launchers do not), escalates to
+SIGKILL of every recorded pid after the grace period (torchrun workers sit in sessions of their
+own), and classifies how the run ended. `--reap` only ends the trainer of a run whose
+supervisor died (`ftui stop --now` starts it).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.run.rundir import RunDir, append_jsonl
+from engine.run.processes import create_time, group_alive, kill_trainers, trainer_processes
+from engine.run.rundir import FINAL, RunDir, append_jsonl
 
 GRACE_SECONDS = 45.0  # torchrun's own shutdown grace (30 s) + a checkpoint save
+POLL_SECONDS = 0.1  # how often the main loop looks at the launcher and the stop flag
 SAMPLE_SECONDS = 2.0
 PID_REFRESH_SECONDS = 3.0
 _OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory")
@@ -90,43 +94,85 @@ def classify(run: RunDir, returncode: int, *, stop_now: bool) -> dict[str, Any]:
     return {"status": "failed", "failure": "error", "log_tail": last_lines}
 
 
+def _grace_seconds() -> float:
+    return float(os.environ.get("FTUI_STOP_GRACE_SECONDS", GRACE_SECONDS))
+
+
 class Supervisor:
+    """Its signal handler only sets `stop_signal`; the main loop, which polls the launcher,
+    forwards the stop, escalates after the grace period and writes every state change."""
+
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self.proc: subprocess.Popen[bytes] | None = None
-        self.known_pids: set[int] = set()
+        self.known_pids: dict[int, float | None] = {}  # pid -> create time
+        self.stop_signal = 0
         self.stop_now = False
+        self.grace = _grace_seconds()
         self._done = threading.Event()
 
-    def _on_term(self, signum: int, frame: Any) -> None:
-        """`ftui stop --now` (or a system shutdown): forward, wait, then kill everything."""
-        self.stop_now = True
-        self.run.event("stop_now", signal=signum)
-        self.run.update_state(status="stopping")
-        proc = self.proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        threading.Thread(target=self._escalate, daemon=True).start()
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signum  # nothing else: no lock, no I/O (see the main loop)
 
-    def _escalate(self) -> None:
-        if self._done.wait(GRACE_SECONDS):
-            return
+    def _all_pids(self) -> list[int]:
         proc = self.proc
-        pids = sorted(self.known_pids | set(_descendants(proc.pid) if proc else []))
+        pids = set(self.known_pids) | set(_descendants(proc.pid) if proc else [])
         if proc:
-            pids.append(proc.pid)
-        _kill(pids, signal.SIGKILL)
+            pids.add(proc.pid)
+        return sorted(pids)
 
-    def _watch_pids(self) -> None:
-        while not self._done.wait(PID_REFRESH_SECONDS):
-            if self.proc is None:
-                continue
-            current = set(_descendants(self.proc.pid))
-            if current - self.known_pids:
-                self.known_pids |= current
-                self.run.update_state(pids=sorted(self.known_pids | {self.proc.pid}))
+    def _forward_stop(self) -> None:
+        """`ftui stop --now` (or a system shutdown): SIGTERM to every training process (the
+        trainer checkpoints at the end of its step and exits); SIGKILL after the grace."""
+        self.stop_now = True
+        self.run.event("stop_now", signal=self.stop_signal, grace_s=self.grace)
+        self.run.modify_state(
+            lambda s: None if s.get("status") in FINAL else {"status": "stopping"}
+        )
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+        _kill(self._all_pids(), signal.SIGTERM)  # workers in sessions of their own
+
+    def _kill_everything(self) -> None:
+        self.run.event("killed_after_grace", grace_s=self.grace)
+        proc = self.proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        _kill(self._all_pids(), signal.SIGKILL)
+
+    def _refresh_pids(self) -> None:
+        if self.proc is None:
+            return
+        new = [p for p in _descendants(self.proc.pid) if p not in self.known_pids]
+        if not new:
+            return
+        for pid in new:
+            self.known_pids[pid] = create_time(pid)
+        self.run.update_state(
+            pids=sorted(self.known_pids),
+            pid_times={str(p): t for p, t in self.known_pids.items() if t is not None},
+        )
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> int:
+        deadline: float | None = None
+        next_refresh = 0.0
+        while True:
+            returncode = proc.poll()
+            if returncode is not None:
+                return returncode
+            now = time.monotonic()
+            if self.stop_signal and deadline is None:
+                deadline = now + self.grace
+                self._forward_stop()
+            elif deadline is not None and now >= deadline:
+                deadline = float("inf")  # once
+                self._kill_everything()
+            if now >= next_refresh:
+                next_refresh = now + PID_REFRESH_SECONDS
+                self._refresh_pids()
+            time.sleep(POLL_SECONDS)
 
     def _sample_gpus(self) -> None:
         from engine.machine.hardware import NvmlBackend, read_host_info
@@ -157,11 +203,28 @@ class Supervisor:
 
     def run_to_end(self) -> int:
         run = self.run
-        command = json.loads(run.command.read_text(encoding="utf-8"))
-        env = {**os.environ, **command.get("env", {}), **command.get("extra_env", {})}
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        me = os.getpid()
+        run.event("supervisor_started", pid=me, create_time=create_time(me))
+        return self._attempt()
+
+    def _attempt(self) -> int:
+        run = self.run
+        command = json.loads(run.command.read_text(encoding="utf-8"))
+        me = os.getpid()
+        env = {
+            **os.environ,
+            **command.get("env", {}),
+            **command.get("extra_env", {}),
+            # The trainer stops (with a checkpoint) when this process is gone.
+            "FTUI_SUPERVISOR_PID": str(me),
+            "FTUI_SUPERVISOR_CREATE_TIME": repr(create_time(me)),
+        }
+        if self.stop_signal:  # stopped before the launcher started
+            self._finish(0, {"status": "stopped", "failure": None, "note": "stopped with --now"})
+            return 0
         with run.stdout.open("ab") as out:
             try:
                 self.proc = subprocess.Popen(
@@ -178,20 +241,48 @@ class Supervisor:
                 run.update_state(status="failed", failure="launcher", error=str(exc))
                 run.event("launcher_failed", message=str(exc))
                 return 1
-        run.update_state(launcher_pid=self.proc.pid, pgid=self.proc.pid)
-        run.event("launched", pid=self.proc.pid, argv=command["argv"])
-        threading.Thread(target=self._watch_pids, daemon=True).start()
+        proc = self.proc
+        started = create_time(proc.pid)
+        self.known_pids = {proc.pid: started}
+        run.update_state(
+            launcher_pid=proc.pid,
+            pgid=proc.pid,  # its own group: the single-process launcher is the trainer itself
+            launcher_create_time=started,
+            pids=[proc.pid],
+            pid_times={str(proc.pid): started} if started is not None else {},
+        )
+        run.event("launched", pid=proc.pid, create_time=started, argv=command["argv"])
         threading.Thread(target=self._sample_gpus, daemon=True).start()
-        returncode = self.proc.wait()
+        returncode = self._wait(proc)
         self._done.set()
-        # Orphaned workers (a launcher killed under them) must not outlive the run.
-        _kill(sorted(p for p in self.known_pids if p != self.proc.pid), signal.SIGKILL)
+        # Leftovers (a launcher killed under its workers, dataloader workers) must not outlive
+        # the run.
+        if group_alive(proc.pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        _kill(sorted(p for p in self.known_pids if p != proc.pid), signal.SIGKILL)
         outcome = classify(run, returncode, stop_now=self.stop_now)
         if self._shrink_and_retry(outcome):
-            return self.run_to_end()
-        run.update_state(exit_code=returncode, finished_at=time.time(), **outcome)
-        run.event("exited", returncode=returncode, status=outcome["status"])
+            return self._attempt()
+        self._finish(returncode, outcome)
         return 0
+
+    def _finish(self, returncode: int, outcome: dict[str, Any]) -> None:
+        """The run's end, with the last checkpoint as found on disk (what a resume uses)."""
+        last = self.run.last_checkpoint()
+        checkpoint = {
+            "last_checkpoint": str(last) if last else None,
+            "last_checkpoint_step": int(last.name.split("-")[1]) if last else None,
+        }
+        self.run.update_state(
+            exit_code=returncode, finished_at=time.time(), **outcome, **checkpoint
+        )
+        self.run.event(
+            "exited",
+            returncode=returncode,
+            status=outcome["status"],
+            failure=outcome.get("failure"),
+        )
 
     def _shrink_and_retry(self, outcome: dict[str, Any]) -> bool:
         """An OOM before the first checkpoint: halve the micro-batch and start again."""
@@ -216,17 +307,50 @@ class Supervisor:
             note=f"out of memory at micro-batch {spec.training.batch}: retrying with {t.batch} "
             f"x {t.grad_accum} accumulation (same effective batch)",
         )
-        self.known_pids = set()
-        self.stop_now = False
+        self.known_pids = {}
         self._done = threading.Event()
         return True
+
+
+def reap(run: RunDir, grace: float) -> int:
+    """`ftui stop --now` on a run whose supervisor is gone (the trainer got SIGTERM from the
+    command): SIGKILL what still runs after the grace period, then record the stop."""
+    state = run.read_state()
+    deadline = time.monotonic() + grace
+    while trainer_processes(state) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    if trainer_processes(state):
+        run.event("killed_after_grace", grace_s=grace)
+        kill_trainers(state)
+        while trainer_processes(state) and time.monotonic() < deadline + 10:
+            time.sleep(POLL_SECONDS)
+    last = run.last_checkpoint()
+
+    def decide(current: dict[str, Any]) -> dict[str, Any] | None:
+        if current.get("status") in FINAL:
+            return None  # the trainer recorded its own stop
+        return {
+            "status": "stopped",
+            "failure": None,
+            "note": "stopped with --now (its supervisor was gone)",
+            "finished_at": time.time(),
+            "last_checkpoint": str(last) if last else None,
+            "last_checkpoint_step": int(last.name.split("-")[1]) if last else None,
+        }
+
+    run.modify_state(decide)
+    run.event("exited", returncode=None, status="stopped", failure=None)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.run.supervisor")
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--reap", action="store_true", help="only end an orphaned trainer")
     args = parser.parse_args(argv)
     run = RunDir(Path(args.run_dir))
+    if args.reap:
+        return reap(run, _grace_seconds())
     return Supervisor(run).run_to_end()
 
 

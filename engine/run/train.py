@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from engine.run.callbacks import on_stop_signal, signalled
 from engine.run.rundir import RunDir
 from engine.run.spec import RunSpec
 
@@ -138,8 +140,10 @@ def training_arguments(spec: RunSpec, run: RunDir, device: str, has_eval: bool) 
         "disable_tqdm": True,
         "remove_unused_columns": False,
         "dataloader_num_workers": 0,
-        # The trainer saves a checkpoint on SIGTERM (escalation after a stop request).
-        "enable_jit_checkpoint": True,
+        # Not the Trainer's own SIGTERM checkpointing: it stopped the loop without telling the
+        # callback (the run then saved final/ and ended "completed"), and saved from a timer
+        # thread. ftui's SIGTERM handler sets a flag; the callback stops at the step's end.
+        "enable_jit_checkpoint": False,
     }
     if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         kwargs["ddp_backend"] = "gloo"
@@ -211,9 +215,9 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
     state = run.read_state()
     if state.get("failure") == "nan":
         return EXIT_NAN
-    if callback.stop_requested:
+    if callback.stop_requested or signalled["signal"]:
         if node_main:
-            run.update_state(status="stopped", stopped_at=time.time(), exit_code=0)
+            _record_stop(run, callback.stop_reason or f"signal {signalled['signal']}")
         return 0
     trainer.save_model(str(run.final))
     if node_main:
@@ -233,6 +237,23 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
     return 0
 
 
+def _record_stop(run: RunDir, reason: str) -> None:
+    """A stopped run: its last complete checkpoint (as on disk) is where a resume starts."""
+    last = run.last_checkpoint()
+    changes: dict[str, Any] = {
+        "status": "stopped",
+        "failure": None,
+        "stopped_at": time.time(),
+        "stop_reason": reason,
+        "last_checkpoint": str(last) if last else None,
+        "last_checkpoint_step": int(last.name.split("-")[1]) if last else None,
+    }
+    if reason == "supervisor gone":
+        changes["note"] = "its supervisor died: the trainer saved a checkpoint and stopped"
+    run.update_state(**changes)
+    run.event("stopped", step=changes["last_checkpoint_step"], reason=reason)
+
+
 def _inject_faults(spec: RunSpec) -> None:
     """Fault injection for tests (no GPU needed): FTUI_FAULT_OOM_ABOVE_BATCH=N makes a run
     with a micro-batch above N fail as a CUDA out-of-memory error would."""
@@ -250,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     args, _unknown = parser.parse_known_args(argv)  # launchers may add --local_rank=N
     run = RunDir(Path(args.run_dir))
+    # `ftui stop --now`: the handler only sets a flag; the callback stops at the step's end.
+    signal.signal(signal.SIGTERM, on_stop_signal)
+    signal.signal(signal.SIGINT, on_stop_signal)
     rank = int(os.environ.get("RANK", 0))
     spec = RunSpec.from_yaml(run.spec.read_text(encoding="utf-8"))
     resume_from = os.environ.get("FTUI_RESUME_FROM") or None

@@ -83,3 +83,31 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def events(run: RunDir) -> list[dict[str, Any]]:
+    return JsonlTail(run.events).read()
+
+
+def wait_event(run: RunDir, name: str, timeout: float = 300, after: int = 0) -> dict[str, Any]:
+    """The first event `name` at index `after` or later of events.jsonl, polled."""
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        found[:] = [e for e in events(run)[after:] if e.get("event") == name]
+        return bool(found)
+
+    wait_for(seen, timeout, what=f"event {name} in {run.run_id}")
+    return found[0]
+
+
+def status(run: RunDir | str, env: dict[str, str]) -> dict[str, Any]:
+    """`ftui status RUN --json` (must succeed)."""
+    ref = run if isinstance(run, str) else run.run_id
+    out = ftui(["status", ref, "--json"], env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def checkpoint_steps(run: RunDir) -> list[int]:
+    return [int(p.name.split("-")[1]) for p in run.checkpoints_complete()]

@@ -257,17 +257,28 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not infos:
         sys.stdout.write("no runs yet: try `ftui demo`\n")
         return 0
+    columns = ("run", "status", "age", "progress", "loss", "GPUs", "model")
+    rows = []
+    for i in infos:
+        progress = f"{i.step}/{i.max_steps}" if i.step is not None and i.max_steps else "-"
+        loss = f"{i.loss:.4f}" if isinstance(i.loss, (int, float)) else "-"
+        rows.append((i.run_id, i.label, _age(i.created_at), progress, loss, str(i.num_gpus),
+                     f"{i.model} ({i.method})"))  # fmt: skip
+    if not sys.stdout.isatty():
+        # Piped into a script: whole values, never cut to a terminal's width.
+        widths = [max(len(r[c]) for r in [columns, *rows]) for c in range(len(columns))]
+        for row in [columns, *rows]:
+            line = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True))
+            sys.stdout.write(line.rstrip() + "\n")
+        return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("run", "status", "age", "progress", "loss", "GPUs", "model"):
+    for column in columns:
         table.add_column(column, no_wrap=True)
-    for i in infos:
-        progress = f"{i.step}/{i.max_steps}" if i.step is not None and i.max_steps else "-"
-        loss = f"{i.loss:.4f}" if isinstance(i.loss, (int, float)) else "-"
-        table.add_row(i.run_id, i.label, _age(i.created_at), progress, loss, str(i.num_gpus),
-                      f"{i.model} ({i.method})")  # fmt: skip
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
     return 0
 
