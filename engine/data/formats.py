@@ -36,6 +36,8 @@ def classify_record(value: Any) -> str | None:
         return None
     if "chosen" in value and "rejected" in value:
         return "preference"
+    if "completion" in value and "label" in value:
+        return "kto"
     if "conversations" in value:
         return "sharegpt"
     if "messages" in value:
@@ -332,7 +334,8 @@ def _answer_turns(value: Any, key: str) -> list[Turn]:
     return turns
 
 
-def _preference_sample(record: dict[str, Any]) -> tuple[list[Turn], list[Turn], list[Turn]]:
+def _prompt_turns(record: dict[str, Any]) -> list[Turn]:
+    """The prompt of a preference or kto record, from whichever field holds it."""
     if "conversations" in record:
         prompt = _turn_list(
             record["conversations"],
@@ -368,13 +371,10 @@ def _preference_sample(record: dict[str, Any]) -> tuple[list[Turn], list[Turn], 
         raise InvalidRecordError(
             "missing the prompt: no 'conversations', 'messages', 'prompt' or 'instruction'"
         )
-    chosen = _answer_turns(record.get("chosen"), "chosen")
-    rejected = _answer_turns(record.get("rejected"), "rejected")
-    # TRL's implicit-prompt style repeats the prompt inside chosen/rejected: keep the answers.
-    if len(chosen) > 1 and chosen[: len(prompt)] == prompt:
-        chosen = chosen[len(prompt) :]
-    if len(rejected) > 1 and rejected[: len(prompt)] == prompt:
-        rejected = rejected[len(prompt) :]
+    return prompt
+
+
+def _checked_prompt(record: dict[str, Any], prompt: list[Turn]) -> list[Turn]:
     prompt = _with_system(prompt, _get_str(record, "system", required=False), record.get("tools"))
     body = [t for t in prompt if t["role"] != "system"]
     if not body or not any(t["content"].strip() for t in body):
@@ -386,7 +386,35 @@ def _preference_sample(record: dict[str, Any]) -> tuple[list[Turn], list[Turn], 
         raise InvalidRecordError(
             "the prompt ends with an assistant turn: it must end with the user"
         )
-    return prompt, chosen, rejected
+    return prompt
+
+
+def _kto_sample(record: dict[str, Any]) -> tuple[list[Turn], list[Turn], bool]:
+    """KTO's unpaired layout: a prompt, one completion, and whether it is desirable."""
+    prompt = _prompt_turns(record)
+    completion = _answer_turns(record.get("completion"), "completion")
+    if len(completion) > 1 and completion[: len(prompt)] == prompt:
+        completion = completion[len(prompt) :]
+    label = record.get("label")
+    if isinstance(label, str) and label.strip().lower() in ("true", "false"):
+        label = label.strip().lower() == "true"  # CSV cells
+    if not isinstance(label, bool):
+        raise InvalidRecordError(
+            f"field 'label' must be true (desirable) or false, got {_type_name(label)}"
+        )
+    return _checked_prompt(record, prompt), completion, label
+
+
+def _preference_sample(record: dict[str, Any]) -> tuple[list[Turn], list[Turn], list[Turn]]:
+    prompt = _prompt_turns(record)
+    chosen = _answer_turns(record.get("chosen"), "chosen")
+    rejected = _answer_turns(record.get("rejected"), "rejected")
+    # TRL's implicit-prompt style repeats the prompt inside chosen/rejected: keep the answers.
+    if len(chosen) > 1 and chosen[: len(prompt)] == prompt:
+        chosen = chosen[len(prompt) :]
+    if len(rejected) > 1 and rejected[: len(prompt)] == prompt:
+        rejected = rejected[len(prompt) :]
+    return _checked_prompt(record, prompt), chosen, rejected
 
 
 def normalize_record(value: Any, fmt: str) -> Sample:
@@ -405,6 +433,9 @@ def normalize_record(value: Any, fmt: str) -> Sample:
     if fmt == "preference":
         prompt, chosen, rejected = _preference_sample(value)
         return Sample(0, None, "", 0, turns=prompt, chosen=chosen, rejected=rejected)
+    if fmt == "kto":
+        prompt, completion, label = _kto_sample(value)
+        return Sample(0, None, "", 0, turns=prompt, completion=completion, label=label)
     raise FtuiError(f"unknown dataset format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
 
 
@@ -493,6 +524,8 @@ def load_samples(path: Path | str, *, fmt: str = "auto") -> LoadedDataset:
             chosen=sample.chosen,
             rejected=sample.rejected,
             where=record.where,
+            completion=sample.completion,
+            label=sample.label,
         )
         key = sample.key()
         if key in seen:
@@ -503,7 +536,8 @@ def load_samples(path: Path | str, *, fmt: str = "auto") -> LoadedDataset:
         shown = "; ".join(skipped[:10]) + (
             f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         )
-        notes.append(f"{len(skipped)} entries of the folder are not read: {shown}")
+        what = "1 entry of the folder is" if len(skipped) == 1 else f"{len(skipped)} entries are"
+        notes.append(f"{what} not read: {shown}")
     return LoadedDataset(
         str(path), fmt_name, files, len(raw), samples, invalid, empty, duplicates, notes, skipped
     )

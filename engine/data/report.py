@@ -25,7 +25,7 @@ from engine.data.records import (
     LengthSummary,
     Sample,
 )
-from engine.data.tokens import CENTRAL, HIGH, LOW, estimate_sample
+from engine.data.tokens import HIGH, LOW, estimate_sample
 from engine.errors import FtuiError
 
 
@@ -157,12 +157,10 @@ def _report(
         high = sum(estimate_sample(s, ratios=HIGH) for s in samples)
         total_range = (min(low, sum(lengths)), max(high, sum(lengths)))
         notes.append(
-            "token lengths are estimated from character classes (Han/kana/hangul "
-            f"{CENTRAL.cjk}, words {CENTRAL.words} + letters {CENTRAL.letters}, digits "
-            f"{CENTRAL.digits}, line breaks {CENTRAL.breaks}, punctuation {CENTRAL.punct} "
-            f"tokens each; +{CENTRAL.turn:g} per chat turn), fitted to Qwen2.5 and DeepSeek "
-            f"tokenizers: the total lies within {total_range[0]:,}-{total_range[1]:,} for "
-            "their vocabularies; pass --model to measure with the model's own tokenizer"
+            "token lengths are estimated from character classes (Han/kana/hangul, words, "
+            "digits, line breaks, punctuation: each its own ratio, fitted to the Qwen2.5 and "
+            f"DeepSeek-V4 tokenizers); with their vocabularies the total is {total_range[0]:,}"
+            f"-{total_range[1]:,}; pass --model to measure with the model's own tokenizer"
         )
     elif fallback and loaded.format != "text":
         notes.append(
