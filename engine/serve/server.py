@@ -6,10 +6,13 @@ the environment: never on a command line other users can read)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,22 @@ def serve(
             await super().startup(sockets)
             if self.started:
                 ready()
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """SIGINT and SIGTERM shut down gracefully, and that is the end: uvicorn would
+            raise the signal again afterwards, killing the process before the record says
+            it stopped (and exiting 130 on Ctrl-C)."""
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
                             access_log=False, lifespan="off",
