@@ -1,8 +1,10 @@
-"""Model resolution: a local directory, a built-in profile, or the local Hugging Face cache.
+"""Model resolution: a local directory, a built-in profile, the local Hugging Face cache, the hub.
 
 Order: (1) a directory holding `config.json`; (2) a profile name, case- and punctuation-
-insensitive (`llama-3.1-8b`, `meta-llama/Llama-3.1-8B`); (3) the HF hub cache, offline.
-An unknown name raises `UnknownModelError` with the closest matches.
+insensitive (`llama-3.1-8b`, `meta-llama/Llama-3.1-8B`); (3) the HF hub cache, offline;
+(4) an `org/name` id on the hub: its config and tokenizer files (small, no weights) are fetched
+into the HF cache (`engine.hub`), unless HF_HUB_OFFLINE is set. An unknown name raises
+`UnknownModelError` with the closest matches.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class ModelArch:
     """A model's architecture as its config.json describes it (the text part for multimodal)."""
 
     name: str  # what the user typed, or the profile id
-    source: str  # "dir", "profile" or "hf-cache"
+    source: str  # "dir", "profile", "hf-cache" or "hub" (config just fetched, see step 4)
     config: dict[str, Any] = field(hash=False, compare=False)
     hf_id: str | None = None
     path: str | None = None  # directory holding config.json (dir / hf-cache)
@@ -288,7 +290,7 @@ def _cached_snapshot(repo: Path) -> Path | None:
 
 
 def resolve_model(name: str, *, hf_cache: Path | None = None) -> ModelArch:
-    """Find a model's architecture without touching the network."""
+    """Find a model's architecture; only an `org/name` found nowhere local asks the hub."""
     text = name.strip()
     if not text:
         raise FtuiError("no model given", "pass --model with a profile name or a local directory")
@@ -339,7 +341,29 @@ def resolve_model(name: str, *, hf_cache: Path | None = None) -> ModelArch:
                 path=str(snapshot),
             )
 
-    raise UnknownModelError(text, suggest_models(text, extra=list(cached)))
+    return _resolve_on_hub(text, cache, list(cached))
+
+
+def _resolve_on_hub(text: str, cache: Path, cached: list[str]) -> ModelArch:
+    """Step 4: an `org/name` id, fetched from the hub (config and tokenizer only)."""
+    from engine.hub.settings import looks_like_repo_id, offline
+
+    if not looks_like_repo_id(text):
+        raise UnknownModelError(text, suggest_models(text, extra=cached))
+    if offline():
+        error = UnknownModelError(text, suggest_models(text, extra=cached))
+        error.fix = f"{error.fix}; HF_HUB_OFFLINE is set: unset it to fetch {text} from the hub"
+        raise error
+    from engine.hub.download import fetch_config
+
+    snapshot = fetch_config(text, cache=cache)
+    return ModelArch(
+        name=text,
+        source="hub",
+        config=_read_config(snapshot / "config.json"),
+        hf_id=text,
+        path=str(snapshot),
+    )
 
 
 def suggest_models(text: str, *, extra: list[str] | None = None, n: int = 5) -> list[str]:

@@ -378,3 +378,16 @@ def export_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(out_dir, kind, ref.name, base_model, tuple(files))
+
+
+def push_export(result: ExportResult, repo_id: str, *, private: bool = False) -> str:
+    """Upload an export (adapter or model, with its model card) to the hub; the repo's page.
+    The token stays with huggingface_hub: nothing of it reaches the export or the run."""
+    from engine.hub.push import push_folder
+
+    return push_folder(
+        result.out_dir,
+        repo_id,
+        private=private,
+        message=f"ftui export of {result.kind} ({result.checkpoint}, base {result.base_model})",
+    )

@@ -23,8 +23,10 @@ class Preflight:
 
 
 def has_weights(folder: str | Path) -> bool:
-    path = Path(folder)
-    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    """Whole weights: every shard the index names (an interrupted download has only some)."""
+    from engine.hub.download import weights_complete
+
+    return weights_complete(Path(folder))
 
 
 def local_model(model: str, model_path: str | None = None) -> tuple[str, str]:
@@ -42,17 +44,17 @@ def local_model(model: str, model_path: str | None = None) -> tuple[str, str]:
         arch = resolve_model(model_path)
     else:
         arch = resolve_model(model)
-    if arch.source in ("dir", "hf-cache") and arch.path:
-        if not has_weights(arch.path):
-            raise FtuiError(
-                f"{arch.path} has a config.json but no weights (*.safetensors)",
-                f"point {field_label('model')} at a directory with the model's weights",
-            )
+    if arch.source == "dir" and arch.path and not has_weights(arch.path):
+        raise FtuiError(
+            f"{arch.path} has a config.json but no complete weights (*.safetensors: every "
+            "shard its index names)",
+            f"point {field_label('model')} at a directory with the model's weights",
+        )
+    if arch.source in ("dir", "hf-cache", "hub") and arch.path and has_weights(arch.path):
         return (model if model_path else arch.hf_id or model), arch.path
-    raise FtuiError(
-        f"the weights of {arch.name} ({arch.hf_id}) are not on this machine",
-        f"download them first (`hf download {arch.hf_id}`), or pass a local model directory",
-    )
+    from engine.hub.download import missing_weights_error
+
+    raise missing_weights_error(arch.hf_id or arch.name)
 
 
 def check_data(spec: RunSpec) -> dict[str, Any]:

@@ -59,6 +59,9 @@ def add_chat_parsers(sub: Any) -> None:
     export.add_argument("--out", required=True, type=Path, help="the folder to write")
     export.add_argument("--merge", action="store_true", help="merge the adapter into the base")
     export.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    export.add_argument("--push-to-hub", metavar="REPO",
+                        help="then upload the folder to this hub repo (owner/name)")  # fmt: skip
+    export.add_argument("--private", action="store_true", help="create the hub repo private")
     export.add_argument("--json", action="store_true", help="print one JSON object")
     export.set_defaults(handler=cmd_export)
 
@@ -212,6 +215,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine.run.rundir import find_run
 
     run = find_run(args.run)
+    if args.push_to_hub:
+        from engine.hub.push import check_push_target
+
+        check_push_target(args.push_to_hub)  # before the export's minutes of work
     _quiet_libraries()
     result = export_run(
         run, args.out, checkpoint=args.checkpoint, merge=args.merge, force=args.force,
@@ -219,12 +226,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if sys.stderr.isatty() and not args.json:
         sys.stderr.write("\r\033[K")
+    pushed = None
+    if args.push_to_hub:
+        from engine.chat.export import push_export
+
+        if not args.json:
+            sys.stderr.write(f"uploading {result.out_dir} to {args.push_to_hub}...\n")
+        pushed = push_export(result, args.push_to_hub, private=args.private)
     if args.json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps({**result.to_dict(), "pushed": pushed}, indent=2) + "\n")
         return 0
     what = {"adapter": "adapter", "merged": "merged model", "full": "model"}[result.kind]
     sys.stdout.write(
         f"wrote the {what} of {run.run_id} ({result.checkpoint}) to {result.out_dir}\n"
         f"  files: {', '.join(result.files)}\n"
     )
+    if pushed:
+        sys.stdout.write(f"  pushed: {pushed}\n")
     return 0

@@ -14,7 +14,7 @@ from engine.run.spec import LAUNCHERS, Distributed, Hyper, RunSpec
 
 _LAUNCH_PARSER: argparse.ArgumentParser | None = None
 # Flags that say how to launch, not what: they go with a spec file.
-_WITH_A_SPEC = ("spec", "dry_run", "json", "slurm", "handler")
+_WITH_A_SPEC = ("spec", "dry_run", "json", "slurm", "handler", "download")
 
 
 def _print_json(data: Any) -> None:
@@ -47,6 +47,8 @@ def add_run_parsers(sub: Any) -> None:
     p.add_argument("--slurm", action="store_true",
                    help="prepare a run folder with an sbatch script, do not launch")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print spec and command, launch nothing")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the model's weights from the hub first if missing")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_launch)
     global _LAUNCH_PARSER
@@ -209,6 +211,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from engine.run.operations import launch
     from engine.run.preflight import preflight
 
+    if args.download:
+        from tui.cli.download import download_for_launch
+
+        download_for_launch(args)
     spec, plan_summary = spec_from_args(args)
     checked = preflight(spec)  # everything checkable, before anything is written or started
     spec, data_report = checked.spec, checked.data
