@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.errors import FtuiError
 
-FORMATS = ("alpaca", "sharegpt", "messages", "text", "preference")
+FORMATS = ("alpaca", "sharegpt", "messages", "text", "preference", "kto")
 
 
 FORMAT_ALIASES = {
@@ -18,6 +18,8 @@ FORMAT_ALIASES = {
     "pretrain": "text",
     "pretraining": "text",
     "dpo": "preference",
+    "pairs": "preference",
+    "unpaired": "kto",
 }
 
 
@@ -88,7 +90,7 @@ _MESSAGES_ROLES = {
 
 
 _JSON_CELL_FIELDS = frozenset(
-    {"conversations", "messages", "history", "tools", "chosen", "rejected", "prompt"}
+    {"conversations", "messages", "history", "tools", "chosen", "rejected", "prompt", "completion"}
 )
 
 
@@ -98,12 +100,14 @@ _REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     "messages": (("messages",),),
     "text": (("text",),),
     "preference": (("chosen", "rejected"),),
+    "kto": (("completion", "label"),),
 }
 
 
 _FORMAT_HELP = (
     "Alpaca (instruction/input/output), ShareGPT (conversations), OpenAI messages (messages), "
-    "plain text (text) or preference pairs (chosen/rejected)"
+    "plain text (text), preference pairs (chosen/rejected) or KTO's unpaired "
+    "prompt/completion/label"
 )
 
 
@@ -199,6 +203,8 @@ class Sample:
     chosen: list[Turn] | None = None  # preference format
     rejected: list[Turn] | None = None
     where: str = ""
+    completion: list[Turn] | None = None  # kto format: one answer to the prompt in `turns`
+    label: bool | None = None  # kto format: whether the completion is desirable
 
     def invalid(self, reason: str) -> InvalidRecord:
         """This sample refused after all (it does not fit the tokenizer or the template)."""
@@ -208,14 +214,17 @@ class Sample:
         """Identity for duplicate counting."""
         if self.text is not None:
             return self.text
-        return json.dumps([self.turns, self.chosen, self.rejected], ensure_ascii=False)
+        return json.dumps(
+            [self.turns, self.chosen, self.rejected, self.completion, self.label],
+            ensure_ascii=False,
+        )
 
     def chars(self) -> tuple[int, int]:
         """(characters, turns) of the longest sequence this sample trains on."""
         if self.text is not None:
             return len(self.text), 0
         base = sum(len(t["content"]) for t in self.turns)
-        extra = [self.chosen or [], self.rejected or []]
+        extra = [self.chosen or [], self.rejected or [], self.completion or []]
         longest = max(extra, key=lambda ts: sum(len(t["content"]) for t in ts))
         return base + sum(len(t["content"]) for t in longest), len(self.turns) + len(longest)
 
@@ -268,6 +277,8 @@ class DataReport:
     no_labels: int = 0  # SFT samples left without an answer token after truncation (dropped)
     total_range: tuple[int, int] | None = None  # the estimate's low-high total (None: measured)
     skipped: list[str] = field(default_factory=list)  # files in a folder that are not data
+    # preference and kto data: pairs, identical pairs, long prompts, truncation of each side
+    preference: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -303,6 +314,7 @@ class DataReport:
             "eval_rows": self.eval_rows,
             "no_labels": self.no_labels,
             "skipped": self.skipped,
+            "preference": self.preference,
         }
 
 
