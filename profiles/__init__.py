@@ -70,6 +70,9 @@ class GpuProfile:
     price_source: str
     source: str
     note: str = ""
+    # Host RAM a typical cloud node offers per GPU of this kind (GiB): the plan's host-memory
+    # check when planning for GPUs that are not here (see gpus.toml).
+    host_ram_gib_per_gpu: float = 64.0
 
     @property
     def memory_total_bytes(self) -> int:
@@ -184,7 +187,12 @@ def parse_gpu_profiles(data: dict[str, Any], filename: str = "gpus.toml") -> tup
         kwargs = {k: entry[k] for k in _GPU_FIELDS}
         kwargs["aliases"] = tuple(entry["aliases"])
         kwargs["nvml_names"] = tuple(entry["nvml_names"])
-        out.append(GpuProfile(**kwargs, note=entry.get("note", "")))
+        host_ram = entry.get("host_ram_gib_per_gpu", 64.0)
+        if isinstance(host_ram, bool) or not isinstance(host_ram, (int, float)) or host_ram <= 0:
+            raise ProfileError(f"{where}: host_ram_gib_per_gpu must be a positive number")
+        out.append(
+            GpuProfile(**kwargs, note=entry.get("note", ""), host_ram_gib_per_gpu=float(host_ram))
+        )
     _check_unique([p.id for p in out], filename)
     return tuple(out)
 

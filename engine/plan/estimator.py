@@ -13,17 +13,20 @@ sum of everything. Activation bytes follow what transformers' decoder layers sav
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.params import (
-    ParamRoles,
-    attached_roles,
-    closed_form_reason,
-    lora_param_count,
-    lora_saved_input_bytes,
+from engine.plan.counts import (
+    Linear,
+    ParamCounts,
+    count_params,
+    decoder_linears,
+    lora_targets,
+    stack_notes,
 )
+from engine.plan.hostmem import HostMemory, host_memory
+from engine.plan.params import attached_roles, closed_form_reason, lora_saved_input_bytes
 from engine.training_config import TrainingConfig
 
 GIB = 1024**3
@@ -60,29 +63,6 @@ DEFAULT_CALIBRATION = Calibration()
 
 
 @dataclass(frozen=True)
-class ParamCounts:
-    total: int
-    embedding: int  # input embedding (V*h)
-    lm_head: int  # 0 when tied
-    linear: int  # every decoder-layer linear weight (quantised by QLoRA)
-    other: int  # norms, biases, routers kept in 16-bit
-    trainable: int
-    per_layer_linear: int
-    lora: int  # LoRA/DoRA adapter parameters (0 for full)
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Linear:
-    name: str
-    in_features: int
-    out_features: int
-    count: int = 1  # per layer (experts)
-
-
-@dataclass(frozen=True)
 class MemoryEstimate:
     allocated_bytes: int
     reserved_bytes: int
@@ -93,6 +73,7 @@ class MemoryEstimate:
     host_bytes: int  # CPU RAM the run needs for offloaded states (0 without offload)
     params: ParamCounts
     notes: tuple[str, ...] = field(default=())
+    host: HostMemory = field(default_factory=HostMemory)  # host RAM per process and node
 
     @property
     def allocated_gib(self) -> float:
@@ -119,112 +100,9 @@ class MemoryEstimate:
             "peak_phase": self.peak_phase,
             "phase_gib": {k: round(v / GIB, 3) for k, v in self.phase_bytes.items()},
             "host_gib": round(self.host_bytes / GIB, 3),
+            "host": self.host.to_dict(),
             "notes": list(self.notes),
         }
-
-
-# -- architecture ----------------------------------------------------------------------------
-
-
-def decoder_linears(arch: ModelArch) -> list[Linear]:
-    """The linear layers of one decoder block, with HF's module names."""
-    h, qd, kvd = arch.hidden_size, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-    layers = [
-        Linear("q_proj", h, qd),
-        Linear("k_proj", h, kvd),
-        Linear("v_proj", h, kvd),
-        Linear("o_proj", qd, h),
-    ]
-    if arch.is_moe:
-        f = arch.moe_intermediate_size
-        e = arch.num_experts
-        layers += [
-            Linear("gate_proj", h, f, e),
-            Linear("up_proj", h, f, e),
-            Linear("down_proj", f, h, e),
-            Linear("router", h, e),
-        ]
-    else:
-        f = arch.intermediate_size
-        if arch.gated_mlp:
-            layers.append(Linear("gate_proj", h, f))
-        layers += [Linear("up_proj", h, f), Linear("down_proj", f, h)]
-    return layers
-
-
-def _has_qkv_bias(arch: ModelArch) -> bool:
-    cfg = arch.text_config
-    return bool(cfg.get("attention_bias")) or arch.model_type in ("qwen2", "qwen2_moe")
-
-
-def _norms_per_layer(arch: ModelArch) -> int:
-    return 4 if arch.model_type in ("gemma2", "gemma3", "gemma3_text") else 2
-
-
-def lora_targets(arch: ModelArch, config: TrainingConfig) -> list[Linear]:
-    wanted = set(config.expanded_targets)
-    return [lin for lin in decoder_linears(arch) if lin.name in wanted]
-
-
-def count_params(arch: ModelArch, config: TrainingConfig | None = None) -> ParamCounts:
-    """By role from the real model when `engine.plan.params.param_roles` has counted it (the
-    planner does, once per config), else the closed form of a llama-shaped decoder."""
-    roles = attached_roles(arch)
-    if roles is not None:
-        return _counts_from_roles(arch, config, roles)
-    h, v, n_layers = arch.hidden_size, arch.vocab_size, arch.num_layers
-    linears = decoder_linears(arch)
-    per_layer_linear = sum(lin.in_features * lin.out_features * lin.count for lin in linears)
-    other_per_layer = _norms_per_layer(arch) * h
-    if _has_qkv_bias(arch):
-        other_per_layer += arch.num_heads * arch.head_dim + 2 * arch.num_kv_heads * arch.head_dim
-    if arch.model_type in ("qwen3", "qwen3_moe", "gemma3", "gemma3_text"):
-        other_per_layer += 2 * arch.head_dim  # q_norm, k_norm
-    embedding = v * h
-    lm_head = 0 if arch.tied_embeddings else v * h
-    linear = per_layer_linear * n_layers
-    other = other_per_layer * n_layers + h
-    total = embedding + lm_head + linear + other
-    lora = 0
-    if config is not None and config.is_peft:
-        for lin in lora_targets(arch, config):
-            per = config.rank * (lin.in_features + lin.out_features)
-            if config.dora:
-                per += lin.out_features  # magnitude vector
-            lora += per * lin.count * n_layers
-    trainable = total if config is None or config.method == "full" else lora
-    return ParamCounts(
-        total=total + lora,
-        embedding=embedding,
-        lm_head=lm_head,
-        linear=linear,
-        other=other,
-        trainable=trainable,
-        per_layer_linear=per_layer_linear,
-        lora=lora,
-    )
-
-
-def _counts_from_roles(
-    arch: ModelArch, config: TrainingConfig | None, roles: ParamRoles
-) -> ParamCounts:
-    embedding, lm_head = roles.role("embedding"), roles.role("lm_head")
-    # bitsandbytes quantises Linear modules only: 3-D expert tensors, norms, routers, SSM
-    # parameters and towers' non-linear parts stay 16-bit in a QLoRA plan.
-    linear = roles.quantizable
-    decoder = roles.total - embedding - lm_head - roles.role("towers") - roles.role("mtp")
-    lora = lora_param_count(roles, config) if config is not None and config.is_peft else 0
-    trainable = roles.total if config is None or config.method == "full" else lora
-    return ParamCounts(
-        total=roles.total + lora,
-        embedding=embedding,
-        lm_head=lm_head,
-        linear=linear,
-        other=roles.total - embedding - lm_head - linear,
-        trainable=trainable,
-        per_layer_linear=decoder // max(arch.num_layers, 1),
-        lora=lora,
-    )
 
 
 # -- states ----------------------------------------------------------------------------------
@@ -334,7 +212,7 @@ class _States:
     gradients: float
     optimizer: float
     optimizer_temp: float
-    host: float
+    host: HostMemory
     gathered_params: float  # ZeRO-3/FSDP: full weights of the layers being computed
     notes: tuple[str, ...]
 
@@ -369,11 +247,15 @@ def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _St
     sharding = config.sharding
     deepspeed = sharding.startswith("zero")
     if deepspeed and not config.is_peft and not mixed and config.dtype != "fp32":
-        # DeepSpeed's bf16/fp16 optimizer keeps an fp32 master copy beside Adam's states.
-        optim += params.trainable * 4
+        # DeepSpeed's bf16/fp16 optimizer steps an fp32 master copy: its states are fp32 too.
+        optim = params.trainable * (4 + optimizer_bytes_per_param(config.optim, 4))
         notes.append("DeepSpeed keeps fp32 master weights in the optimizer")
-    host = 0.0
     gathered = 0.0
+    offload = config.offload
+    if sharding == "fsdp" and offload == "optimizer":
+        # FSDP offloads parameters (with their gradients and optimizer step) or nothing.
+        notes.append("FSDP cannot offload the optimizer alone: this runs without offload")
+        offload = "none"
     if n > 1 and sharding != "none":
         if sharding in ("zero1", "zero2", "zero3", "fsdp"):
             optim /= n
@@ -389,14 +271,24 @@ def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _St
             gathered += (params.embedding + params.lm_head) * b * (n - 1) / n
     elif sharding != "none":
         notes.append(f"{sharding} on one GPU shards nothing")
-    if config.offload in ("optimizer", "params"):
-        host += optim + (grads if deepspeed else 0)
+    host = host_memory(
+        num_gpus=n,
+        sharding=sharding,
+        offload=offload,
+        optimizer_states=optim,
+        master_weights=0.0,  # DeepSpeed's fp32 master copy is counted in `optim` above
+        gradients_fp32=params.trainable * 4 / max(n, 1),
+        weights=frozen + trainable,
+        gradients=grads,
+    )
+    if offload in ("optimizer", "params"):
         optim = 0.0
         temp = 0.0
-    if config.offload == "params":
-        host += frozen + trainable
+    if offload == "params":
         frozen = 0.0
         trainable = 0.0
+        if sharding == "fsdp":
+            grads = 0.0  # FSDP moves each gradient shard to the host as it is reduced
     return _States(
         weights=frozen,
         trainable_weights=trainable,
@@ -523,6 +415,7 @@ def estimate_memory(
     device = reserved + overhead
     if config.optim.startswith("paged_"):
         notes.append("paged optimizer states live in unified memory and can spill to CPU RAM")
+    notes.extend(stack_notes(arch, config))
     reason = closed_form_reason(arch)
     if reason is not None:
         notes.append(f"parameter counts from the closed form: {reason}")
@@ -533,9 +426,10 @@ def estimate_memory(
         breakdown={k: int(v) for k, v in breakdown.items()},
         peak_phase=peak_phase,
         phase_bytes={k: int(v) for k, v in phase_bytes.items()},
-        host_bytes=int(states.host),
+        host_bytes=states.host.offloaded_bytes,
         params=params,
         notes=tuple(notes),
+        host=states.host,
     )
 
 
@@ -563,10 +457,13 @@ __all__ = [
     "DEFAULT_CALIBRATION",
     "GIB",
     "Calibration",
+    "Linear",
     "MemoryEstimate",
     "ParamCounts",
     "count_params",
+    "decoder_linears",
     "estimate_memory",
     "layer_activation_bytes",
+    "lora_targets",
     "training_flops_per_token",
 ]

@@ -160,7 +160,7 @@ def param_roles(arch: ModelArch, *, build: bool = True) -> ParamRoles | None:
         _closed_form(arch, "transformers is not installed")
         return None
     key = cache_key(arch.config, version)
-    roles = _REGISTRY.by_key.get(key) or _read_cache(key)
+    roles = _REGISTRY.by_key.get(key) or _read_cache(key) or _read_seed(key)
     if roles is None and key in _REGISTRY.failures:
         _closed_form(arch, f"transformers cannot build it ({_REGISTRY.failures[key]})")
         return None
@@ -191,6 +191,15 @@ def _read_cache(key: str) -> ParamRoles | None:
         return ParamRoles.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _read_seed(key: str) -> ParamRoles | None:
+    """The counts shipped for the built-in model profiles (same key: same config, same
+    transformers version), so that planning a profile needs no torch."""
+    from engine.plan.param_seed import SEED
+
+    data = SEED.get(key)
+    return ParamRoles.from_dict(data) if data is not None else None
 
 
 def _write_cache(key: str, roles: ParamRoles) -> None:
@@ -382,6 +391,34 @@ def _role(module_name: str, kind: str) -> str:
     return "other"
 
 
+def write_seed(path: Path | None = None) -> int:
+    """Count every built-in model profile on meta with the installed transformers and write
+    engine/plan/param_seed.py. Returns how many profiles were counted."""
+    from profiles import model_profiles
+
+    version = transformers_version() or ""
+    seed: dict[str, dict[str, Any]] = {}
+    for profile in model_profiles():
+        config = dict(profile.config)
+        try:
+            seed[cache_key(config, version)] = count_on_meta(config, version).to_dict()
+        except Exception:  # the closed form stands for it, as at run time
+            continue
+    target = path or Path(__file__).with_name("param_seed.py")
+    entries = ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(seed.items()))
+    target.write_text(
+        '"""Parameter counts of the built-in model profiles by role, one per line (generated:\n'
+        '`python -m engine.plan.params`; read by engine/plan/params.py)."""\n'
+        "# ruff: noqa: E501\n\n"
+        "import json\n"
+        "from typing import Any\n\n"
+        f"TRANSFORMERS_VERSION = {json.dumps(version)}\n"
+        f'SEED: dict[str, dict[str, Any]] = json.loads(r"""{{\n{entries}\n}}""")\n',
+        encoding="utf-8",
+    )
+    return len(seed)
+
+
 __all__ = [
     "ROLES",
     "LinearGroup",
@@ -395,3 +432,7 @@ __all__ = [
     "param_roles",
     "roles_of_model",
 ]
+
+
+if __name__ == "__main__":
+    print(f"counted {write_seed()} model profiles")

@@ -25,6 +25,7 @@ from engine.plan.corrections import (
     load_speed_corrections,
 )
 from engine.plan.estimator import GIB, MemoryEstimate, estimate_memory
+from engine.plan.hostmem import HOST_HEADROOM, gpus_per_node, host_ram_fits
 from engine.plan.params import param_roles
 from engine.plan.throughput import SPEED_BAND, tokens_per_s
 from engine.training_config import ConfigError, TrainingConfig
@@ -44,9 +45,21 @@ class Machine:
     count: int
     memory_bytes: int  # per GPU, as NVML reports the total
     detected: bool
+    # Host RAM of one node: detected here, or `--host-ram`; 0 = the GPU profile's typical
+    # RAM per GPU times the GPUs of a node.
+    host_ram_bytes: int = 0
+    host_ram_source: str = "profile"  # "detected", "--host-ram" or "profile"
+
+    def node_ram_bytes(self, num_gpus: int | None = None) -> int:
+        if self.host_ram_bytes > 0:
+            return self.host_ram_bytes
+        per_gpu = self.gpu.host_ram_gib_per_gpu * GIB
+        return int(per_gpu * gpus_per_node(num_gpus or self.count))
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "host_ram_gib": round(self.node_ram_bytes() / GIB, 2),
+            "host_ram_source": self.host_ram_source,
             "id": self.gpu.id,
             "name": self.gpu.name,
             "memory_gib": round(self.memory_bytes / GIB, 2),
@@ -69,6 +82,8 @@ class Candidate:
     tokens_per_s_band: tuple[float, float] = (0.0, 0.0)
     # measured/planned ratio of an earlier run of the same kind, already applied; None if none.
     speed_correction: float | None = None
+    # The node's host RAM holds what this setup offloads (`fits` requires it too).
+    host_fits: bool = True
 
     @property
     def risk(self) -> int:
@@ -148,10 +163,12 @@ def candidate_configs(request: PlanRequest) -> Iterator[TrainingConfig]:
         shardings = ("none", "zero2", "zero3", "fsdp") if num_gpus > 1 else ("none",)
         for sharding in _choices("sharding", pinned, shardings):
             offloads: tuple[str, ...] = ("none",)
-            if sharding in ("zero2", "zero3", "fsdp"):
+            if sharding in ("zero2", "zero3"):
                 offloads = ("none", "optimizer")
-            if sharding in ("zero3", "fsdp") and method != "qlora":
+            if sharding == "zero3" and method != "qlora":
                 offloads = ("none", "optimizer", "params")
+            if sharding == "fsdp":  # FSDP offloads parameters (and their optimizer) or nothing
+                offloads = ("none", "params")
             optims = ("adamw_torch", "adamw_8bit") if method == "full" else ("adamw_torch",)
             for offload, optim in itertools.product(
                 _choices("offload", pinned, offloads), _choices("optim", pinned, optims)
@@ -189,7 +206,8 @@ def evaluate(request: PlanRequest, config: TrainingConfig) -> Candidate:
         CorrectionKey(request.arch.model_type, config.method, machine.gpu.id, config.attn)
     )
     memory = estimate_memory(request.arch, config, correction=correction)
-    fits = memory.device_bytes <= request.headroom * machine.memory_bytes
+    host_fits = host_ram_fits(memory.host, machine.node_ram_bytes(config.num_gpus))
+    fits = memory.device_bytes <= request.headroom * machine.memory_bytes and host_fits
     tps = throughput_tokens_per_s(request.arch, config, machine)
     if request.speed_corrections is None:
         request.speed_corrections = load_speed_corrections()
@@ -201,7 +219,7 @@ def evaluate(request: PlanRequest, config: TrainingConfig) -> Candidate:
     cost = eta / 3600 * machine.gpu.price_usd_per_hour * config.num_gpus
     band = SPEED_BAND.around(tps)
     ratio = measured.ratio if measured is not None else None
-    return Candidate(config, memory, fits, tps, eta, cost, band, ratio)
+    return Candidate(config, memory, fits, tps, eta, cost, band, ratio, host_fits)
 
 
 def _pareto(candidates: list[Candidate]) -> list[Candidate]:
@@ -302,7 +320,19 @@ def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
 
     def fits(c: TrainingConfig, machine: Machine | None = None) -> bool:
         m = machine or request.machine
-        return estimate_memory(request.arch, c).device_bytes <= request.headroom * m.memory_bytes
+        memory = estimate_memory(request.arch, c)
+        return memory.device_bytes <= request.headroom * m.memory_bytes and host_ram_fits(
+            memory.host, m.node_ram_bytes(c.num_gpus)
+        )
+
+    host = estimate_memory(request.arch, config).host
+    node_ram = request.machine.node_ram_bytes(config.num_gpus)
+    if not host_ram_fits(host, node_ram):
+        out.append(
+            f"more host RAM: this setup needs {host.per_node_bytes / GIB:,.0f} GiB of CPU RAM "
+            f"per node, {node_ram / GIB:,.0f} GiB there ({HOST_HEADROOM:.0%} usable); "
+            "check --host-ram, or offload less"
+        )
 
     if config.method != "qlora":
         q = config.with_changes(method="qlora", batch=1, grad_ckpt=True, sharding="none")
@@ -319,7 +349,14 @@ def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
     for count in (2, 4, 8):
         if count <= config.num_gpus:
             continue
-        more = Machine(request.machine.gpu, count, request.machine.memory_bytes, False)
+        more = Machine(
+            request.machine.gpu,
+            count,
+            request.machine.memory_bytes,
+            False,
+            request.machine.host_ram_bytes,
+            request.machine.host_ram_source,
+        )
         c = config.with_changes(num_gpus=count, sharding="zero3", batch=1, grad_ckpt=True)
         if fits(c, more):
             out.append(f"shard over {count} GPUs: --num-gpus {count} --sharding zero3")
@@ -343,7 +380,14 @@ def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
         key=lambda p: (p.memory_total_bytes, p.price_usd_per_hour),
     )
     for profile in bigger:
-        machine = Machine(profile, config.num_gpus, profile.memory_total_bytes, False)
+        machine = Machine(
+            profile,
+            config.num_gpus,
+            profile.memory_total_bytes,
+            False,
+            request.machine.host_ram_bytes,
+            request.machine.host_ram_source,
+        )
         c = config.with_changes(batch=1, grad_ckpt=True)
         if fits(c, machine):
             out.append(f"a GPU with more memory: {profile.id} ({profile.memory_gb:g} GB) fits")
@@ -358,9 +402,33 @@ def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
 
 
 def resolve_machine(
-    *, gpu: str | None = None, num_gpus: int | None = None, simulate: str | None = None
+    *,
+    gpu: str | None = None,
+    num_gpus: int | None = None,
+    simulate: str | None = None,
+    host_ram_gib: float | None = None,
 ) -> Machine:
-    """The machine to plan for: `--gpu PROFILE`, `--simulate SPEC`, or the GPUs detected here."""
+    """The machine to plan for: `--gpu PROFILE`, `--simulate SPEC`, or the GPUs detected here.
+    Host RAM: `--host-ram GiB` (one node's), else what is detected here when planning for the
+    GPUs here, else the GPU profile's typical RAM per GPU."""
+    import dataclasses
+
+    machine = _resolve_gpus(gpu=gpu, num_gpus=num_gpus, simulate=simulate)
+    if host_ram_gib is not None:
+        from engine.errors import FtuiError
+
+        if not (host_ram_gib > 0 and host_ram_gib < 1e7):
+            raise FtuiError(
+                f"--host-ram {host_ram_gib:g} is not a size in GiB",
+                "pass one node's CPU RAM in GiB, e.g. --host-ram 512",
+            )
+        return dataclasses.replace(
+            machine, host_ram_bytes=int(host_ram_gib * GIB), host_ram_source="--host-ram"
+        )
+    return machine
+
+
+def _resolve_gpus(*, gpu: str | None, num_gpus: int | None, simulate: str | None) -> Machine:
     from engine.errors import FtuiError
     from engine.machine.fakenvml import parse_simulate_spec
     from profiles import find_gpu_profile
@@ -392,4 +460,6 @@ def resolve_machine(
             "pass the closest profile with --gpu (see `ftui gpu-profiles`)",
         )
     count = min(num_gpus or len(same), len(same))
-    return Machine(profile, count, first.memory_total_bytes, True)
+    return Machine(
+        profile, count, first.memory_total_bytes, True, snapshot.host.ram_total_bytes, "detected"
+    )

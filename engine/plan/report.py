@@ -15,6 +15,8 @@ def candidate_to_dict(c: Candidate, plan: Plan) -> dict[str, Any]:
     memory = c.memory.to_dict()
     memory["fits"] = c.fits
     memory["limit_gib"] = round(plan.request.headroom * machine.memory_bytes / 1024**3, 3)
+    memory["host"]["node_ram_gib"] = round(machine.node_ram_bytes(c.config.num_gpus) / 1024**3, 2)
+    memory["host"]["fits"] = c.host_fits
     return {
         "config": config,
         "memory": memory,

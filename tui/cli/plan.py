@@ -45,6 +45,12 @@ def add_knob_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packing", action="store_true", default=None)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--headroom", type=float, default=0.90, help="usable share of GPU memory")
+    p.add_argument(
+        "--host-ram",
+        type=float,
+        metavar="GIB",
+        help="CPU RAM of one node, GiB (default: detected, or typical for the GPU profile)",
+    )
 
 
 def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
@@ -129,7 +135,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     arch = resolve_model(args.model)
     pinned = pinned_knobs(args)
     machine = resolve_machine(
-        gpu=args.gpu, num_gpus=args.num_gpus, simulate=getattr(args, "simulate", None)
+        gpu=args.gpu,
+        num_gpus=args.num_gpus,
+        simulate=getattr(args, "simulate", None),
+        host_ram_gib=args.host_ram,
     )
     if args.num_gpus is not None and args.num_gpus > machine.count and machine.detected:
         raise FtuiError(

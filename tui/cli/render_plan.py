@@ -71,6 +71,21 @@ def breakdown_bar(c: Candidate, capacity: float, width: int = 60) -> Text:
     return bar
 
 
+def host_line(c: Candidate, node_ram: int) -> Text:
+    """Host RAM beside GPU memory: per GPU process by part, the node's total, its RAM."""
+    host = c.memory.host
+    parts = {**host.pageable, **{f"{k} (pinned)": v for k, v in host.pinned.items()}}
+    text = Text("host RAM per node: ")
+    text.append(f"{host.per_node_bytes / GIB:,.1f} GiB", "bold" if c.host_fits else "bold red")
+    text.append(f" of {node_ram / GIB:,.0f} GiB")
+    text.append(f" ({host.gpus_per_node} GPU processes × ")
+    text.append(", ".join(f"{k.replace('_', ' ')} {v / GIB:,.1f}" for k, v in parts.items()))
+    text.append(" GiB)")
+    if not c.host_fits:
+        text.append(" · does not fit in host RAM", "red")
+    return text
+
+
 def setup_line(c: Candidate) -> str:
     cfg = c.config
     parts = [cfg.method]
@@ -137,8 +152,7 @@ def print_plan(
             legend.append("■ ", style=PART_STYLE.get(part, "white"))
             legend.append(f"{part.replace('_', ' ')} {value / GIB:.1f}  ")
     console.print(legend)
-    if mem.host_bytes:
-        console.print(f"host RAM for offloaded states: {mem.host_bytes / GIB:.1f} GiB")
+    console.print(host_line(chosen, machine.node_ram_bytes(chosen.config.num_gpus)))
     tokens = plan.request.train_tokens * plan.request.epochs
     speed = Text("speed ") + speed_text(chosen, tokens, machine.gpu.price_usd_per_hour)
     if not stats:
@@ -160,12 +174,13 @@ def print_plan(
     others = [c for c in plan.alternatives if c is not chosen]
     if others:
         table = Table(title="Runners-up", title_justify="left", box=box.SIMPLE_HEAD)
-        for column in ("setup", "device GiB", "tokens/s", "ETA", "cost"):
+        for column in ("setup", "device GiB", "host GiB/node", "tokens/s", "ETA", "cost"):
             table.add_column(column, no_wrap=column != "setup")
         for c in others:
             table.add_row(
                 setup_line(c),
                 f"{c.memory.device_gib:.1f}" + ("" if c.fits else " ✗"),
+                f"{c.memory.host.per_node_bytes / GIB:,.0f}" + ("" if c.host_fits else " ✗"),
                 f"{c.tokens_per_s:,.0f}",
                 duration(c.eta_s),
                 f"${c.cost_usd:,.2f}",
