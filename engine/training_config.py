@@ -12,6 +12,16 @@ from typing import Any
 from engine.errors import FtuiError
 
 METHODS = ("full", "lora", "qlora")
+# What a run trains for: next-token pre-training, supervised fine-tuning, or a preference
+# objective (TRL's trainers). DPO and KTO compare with a reference model; ORPO and SimPO do not.
+STAGES = ("pretrain", "sft", "dpo", "orpo", "kto", "simpo")
+PREFERENCE_STAGES = ("dpo", "orpo", "kto", "simpo")
+PAIRED_STAGES = ("dpo", "orpo", "simpo")  # chosen and rejected in one batch: 2 sequences each
+REFERENCE_STAGES = ("dpo", "kto")
+# The reference model of DPO/KTO: "auto" is the adapter-disabled base with LoRA/QLoRA (no second
+# copy of the weights) and a frozen copy for a full fine-tune; "precompute" computes the
+# reference log-probs over the data once before training and keeps no reference in memory.
+REFERENCES = ("auto", "copy", "precompute")
 DTYPES = ("bf16", "fp16", "fp32")
 OPTIMIZERS = (
     "adamw_torch",
@@ -39,6 +49,7 @@ class ConfigError(FtuiError):
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    stage: str = "sft"
     method: str = "lora"
     rank: int = 16
     alpha: int = 32
@@ -60,6 +71,7 @@ class TrainingConfig:
     num_gpus: int = 1
     sharding: str = "none"
     offload: str = "none"
+    reference: str = "auto"  # DPO/KTO: see REFERENCES
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -70,6 +82,23 @@ class TrainingConfig:
     def effective_batch(self) -> int:
         """Sequences per optimizer step across all GPUs."""
         return self.batch * self.grad_accum * self.num_gpus
+
+    @property
+    def sequences_per_sample(self) -> int:
+        """Sequences one sample puts through the model: chosen and rejected for paired stages."""
+        return 2 if self.stage in PAIRED_STAGES else 1
+
+    @property
+    def reference_kind(self) -> str:
+        """none (no reference model), adapter (the base with the adapters disabled), copy (a
+        frozen second copy of the weights) or precompute (log-probs computed before training)."""
+        if self.stage not in REFERENCE_STAGES:
+            return "none"
+        if self.reference == "precompute":
+            return "precompute"
+        if self.reference == "auto" and self.is_peft:
+            return "adapter"
+        return "copy"
 
     @property
     def is_peft(self) -> bool:
@@ -104,7 +133,9 @@ class TrainingConfig:
                     f"pick one of: {', '.join(allowed)}",
                 )
 
+        choice("stage", self.stage, STAGES)
         choice("method", self.method, METHODS)
+        choice("reference", self.reference, REFERENCES)
         choice("dtype", self.dtype, DTYPES)
         choice("optim", self.optim, OPTIMIZERS)
         choice("attn", self.attn, ATTENTIONS)
@@ -146,6 +177,12 @@ class TrainingConfig:
                     "QLoRA's 4-bit weights cannot be offloaded by ZeRO-3 (--offload params)",
                     "use --offload optimizer, or --sharding fsdp without parameter offload",
                 )
+        if self.stage == "kto" and self.batch < 2:
+            raise ConfigError(
+                "--stage kto estimates its KL term from the other samples of a micro-batch: "
+                f"--batch {self.batch} has none",
+                "use --batch 2 or more",
+            )
         if self.pure_bf16 and self.dtype != "bf16":
             raise ConfigError("--pure-bf16 needs --dtype bf16", "drop --pure-bf16 or use bf16")
         if self.offload == "params" and self.sharding not in ("zero3", "fsdp"):

@@ -254,4 +254,3 @@ def refuse_format(fmt: str, stage: str, where: str) -> None:
             f"--stage kto trains on judged answers, but {where} is {fmt}",
             "use prompt/completion/label records, or chosen/rejected pairs",
         )
-

@@ -31,6 +31,9 @@ SUPERVISOR_CHECK_SECONDS = 1.0
 signalled: dict[str, int] = {"signal": 0}
 
 
+STAGE_METRIC_PREFIXES = ("eval_", "rewards/", "logps/", "kl", "nll_loss", "log_odds")
+
+
 def on_stop_signal(signum: int, frame: Any) -> None:
     signalled["signal"] = signum
 
@@ -214,7 +217,9 @@ def callback_class() -> type:
                 if key in logs:
                     record["lr" if key == "learning_rate" else key] = logs[key]
             for key, value in logs.items():
-                if key.startswith("eval_"):
+                # eval metrics, and the preference stages' (TRL): rewards/chosen, .../margins,
+                # logps/*, kl (KTO), nll_loss and log_odds_ratio (ORPO)
+                if key.startswith(STAGE_METRIC_PREFIXES):
                     record[key] = value
             tokens = float(getattr(state, "num_input_tokens_seen", 0) or 0)
             record["tokens_seen"] = tokens

@@ -12,11 +12,21 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from engine.errors import FtuiError
-from engine.training_config import TrainingConfig
+from engine.training_config import PREFERENCE_STAGES, STAGES, TrainingConfig
 
 LAUNCHERS = ("auto", "python", "torchrun", "accelerate", "deepspeed")
 DEVICES = ("auto", "cuda", "cpu")
-MODES = ("sft", "pretrain")
+INITS = ("pretrained", "scratch")  # scratch: the model's config with random weights (pretrain)
+REPORT_TO = ("none", "tensorboard", "wandb", "swanlab", "mlflow")
+# Loss types per preference stage (TRL's names); "auto" is the first of each.
+LOSS_TYPES = {
+    "dpo": ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero"),
+    "orpo": ("orpo",),
+    "kto": ("kto", "apo_zero_unpaired"),
+    "simpo": ("simpo", "cpo_simpo"),
+}
+# beta's usual value per stage (SimPO's paper uses 2.0-2.5; the others 0.1).
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0}
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts")
 
 
@@ -26,6 +36,13 @@ FLAGS = {
     "data": "--data",
     "name": "--name",
     "data_format": "--format",
+    "training.stage": "--stage",
+    "init": "--init",
+    "from_run": "--from-run",
+    "preference.beta": "--beta",
+    "preference.loss_type": "--loss-type",
+    "preference.max_prompt_len": "--max-prompt-len",
+    "hyper.report_to": "--report-to",
     "eval_fraction": "--eval-fraction",
     "device": "--device",
     "hyper.epochs": "--epochs",
@@ -49,7 +66,8 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "model_path": str,
     "name": str,
     "data_format": str,
-    "mode": str,
+    "init": str,
+    "from_run": str,
     "eval_fraction": (int, float),
     "skip_invalid": bool,
     "device": str,
@@ -89,6 +107,24 @@ class Hyper:
 
 
 @dataclass(frozen=True)
+class Preference:
+    """DPO, ORPO, KTO and SimPO's knobs (ignored by pretrain and sft)."""
+
+    beta: float | None = None  # None: DEFAULT_BETA of the stage
+    loss_type: str = "auto"  # auto: the stage's own loss (LOSS_TYPES)
+    max_prompt_len: int = 0  # prompt tokens kept (its end); 0: half the sequence length
+
+    def beta_for(self, stage: str) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(stage, 0.1)
+
+    def loss_for(self, stage: str) -> str:
+        return LOSS_TYPES[stage][0] if self.loss_type == "auto" else self.loss_type
+
+    def prompt_len_for(self, seq_len: int) -> int:
+        return self.max_prompt_len or max(1, seq_len // 2)
+
+
+@dataclass(frozen=True)
 class Distributed:
     launcher: str = "auto"  # auto: python for one process, torchrun for several (deepspeed
     # when sharding is zero*: the HF Trainer reads the generated DeepSpeed JSON)
@@ -106,15 +142,30 @@ class RunSpec:
     model_path: str | None = None  # local directory with weights; None: HF cache by id
     name: str | None = None
     data_format: str = "auto"
-    mode: str = "sft"
+    init: str = "pretrained"  # scratch: random weights from the model's config (pretrain only)
+    from_run: str | None = None  # start from this ftui run's final adapter or model
     eval_fraction: float = 0.0
     skip_invalid: bool = False
     device: str = "auto"
     probe: bool = True  # on a GPU: check the plan in the first steps (see engine/run/probe.py)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     hyper: Hyper = field(default_factory=Hyper)
+    preference: Preference = field(default_factory=Preference)
     distributed: Distributed = field(default_factory=Distributed)
     plan: dict[str, Any] | None = None  # the estimate the run was launched with (summary)
+
+    @property
+    def stage(self) -> str:
+        return self.training.stage
+
+    @property
+    def mode(self) -> str:
+        """How the data is read for the loss: "pretrain" (text) or "sft" (the answers)."""
+        return "pretrain" if self.stage == "pretrain" else "sft"
+
+    @property
+    def is_preference(self) -> bool:
+        return self.stage in PREFERENCE_STAGES
 
     def validate(self) -> RunSpec:
         def bad(name: str, problem: str, fix: str) -> SpecError:
@@ -124,8 +175,23 @@ class RunSpec:
             raise bad("model", "is empty", "name a model profile, a local directory or an HF id")
         if not self.data:
             raise bad("data", "is empty", "give the dataset file or folder")
-        if self.mode not in MODES:
-            raise bad("mode", f"{self.mode!r} is not one of {MODES}", "use sft or pretrain")
+        if self.init not in INITS:
+            raise bad("init", f"{self.init!r} is not one of {INITS}", "use pretrained or scratch")
+        if self.init == "scratch" and self.stage != "pretrain":
+            raise bad(
+                "init",
+                f"scratch (random weights) is for pre-training, not {self.stage}",
+                "add --stage pretrain, or drop --init scratch",
+            )
+        if self.init == "scratch" and self.from_run:
+            raise bad("from_run", "and init scratch exclude each other", "drop one of them")
+        if self.init == "scratch" and self.training.is_peft:
+            raise bad(
+                "init",
+                "scratch trains every weight: adapters on random weights learn nothing useful",
+                "use --method full with --init scratch",
+            )
+        self._validate_preference(bad)
         if self.device not in DEVICES:
             raise bad("device", f"{self.device!r} is not one of {DEVICES}", "use auto, cuda or cpu")
         if not 0.0 <= self.eval_fraction < 0.5:
@@ -158,6 +224,10 @@ class RunSpec:
             )
         if not 0 <= h.seed <= MAX_SEED:
             raise bad("hyper.seed", f"{h.seed} is not in 0 .. {MAX_SEED}", "e.g. 42")
+        if h.report_to not in REPORT_TO:
+            raise bad(
+                "hyper.report_to", f"{h.report_to!r} is not one of {REPORT_TO}", "e.g. tensorboard"
+            )
         if h.lr_scheduler not in SCHEDULERS:
             raise bad(
                 "hyper.lr_scheduler", f"{h.lr_scheduler!r} is unknown", f"one of {SCHEDULERS}"
@@ -197,6 +267,28 @@ class RunSpec:
             )
         return self
 
+    def _validate_preference(self, bad: Any) -> None:
+        p, stage = self.preference, self.stage
+        if p.beta is not None and not (math.isfinite(p.beta) and p.beta > 0):
+            raise bad("preference.beta", f"{p.beta} is not a positive number", "e.g. 0.1")
+        if p.max_prompt_len < 0:
+            raise bad("preference.max_prompt_len", f"{p.max_prompt_len} is negative", "e.g. 512")
+        if p.max_prompt_len and p.max_prompt_len >= self.training.seq_len:
+            raise bad(
+                "preference.max_prompt_len",
+                f"{p.max_prompt_len} leaves no room for the answer in --seq-len "
+                f"{self.training.seq_len}",
+                f"use at most {self.training.seq_len - 1} (e.g. half the sequence length)",
+            )
+        if stage in PREFERENCE_STAGES and p.loss_type != "auto":
+            allowed = LOSS_TYPES[stage]
+            if p.loss_type not in allowed:
+                raise bad(
+                    "preference.loss_type",
+                    f"{p.loss_type!r} is not a loss of {stage}",
+                    f"use one of: {', '.join(allowed)}",
+                )
+
     def with_changes(self, **changes: Any) -> RunSpec:
         return replace(self, **changes)
 
@@ -215,7 +307,7 @@ class RunSpec:
     def from_dict(cls, data: Any) -> RunSpec:
         if not isinstance(data, dict):
             raise SpecError("the spec is not a mapping of fields", "see `ftui launch --help`")
-        top = {f.name for f in fields(cls)}
+        top = {f.name for f in fields(cls)} | {"mode"}  # mode: run folders written before stage
         _reject_unknown(data, top, "")
         for required in ("model", "data"):
             if data.get(required) in (None, ""):
@@ -237,8 +329,10 @@ class RunSpec:
                     f"spec field {field_label(name)}: {value!r} is not {kind}",
                     f"write {name} as {kind}",
                 )
-        kwargs = {k: v for k, v in data.items() if k not in ("training", "hyper", "distributed")}
+        sections = ("training", "hyper", "preference", "distributed")
+        kwargs = {k: v for k, v in data.items() if k not in sections}
         training = data.get("training") or {}
+        training = _legacy_mode(kwargs.pop("mode", None), training)
         _reject_unknown(training, set(TrainingConfig.field_names()), "training.")
         if "targets" in training:
             targets = training["targets"]
@@ -255,6 +349,8 @@ class RunSpec:
             }
         hyper = data.get("hyper") or {}
         _reject_unknown(hyper, {f.name for f in fields(Hyper)}, "hyper.")
+        preference = data.get("preference") or {}
+        _reject_unknown(preference, {f.name for f in fields(Preference)}, "preference.")
         dist = data.get("distributed") or {}
         _reject_unknown(dist, {f.name for f in fields(Distributed)}, "distributed.")
         try:
@@ -262,6 +358,7 @@ class RunSpec:
                 **kwargs,
                 training=TrainingConfig(**training),
                 hyper=Hyper(**hyper),
+                preference=Preference(**preference),
                 distributed=Distributed(**dist),
             )
         except TypeError as exc:
@@ -278,6 +375,24 @@ class RunSpec:
         except yaml.YAMLError as exc:
             raise SpecError(f"the spec is not valid YAML: {exc}", "fix the YAML syntax") from exc
         return cls.from_dict(data)
+
+
+def _legacy_mode(mode: Any, training: Any) -> Any:
+    """Specs written before `training.stage` had a top-level `mode: sft|pretrain`."""
+    if mode is None or not isinstance(training, dict):
+        return training
+    if mode not in ("sft", "pretrain"):
+        raise SpecError(
+            f"spec field mode: {mode!r} is not sft or pretrain",
+            f"write the stage as training.stage, one of {', '.join(STAGES)}",
+        )
+    stage = training.get("stage", mode)
+    if stage != mode:
+        raise SpecError(
+            f"spec fields mode ({mode}) and training.stage ({stage}) disagree",
+            "drop mode: training.stage replaces it",
+        )
+    return {**training, "stage": stage}
 
 
 def _reject_unknown(data: Any, known: set[str], prefix: str) -> None:
@@ -300,7 +415,7 @@ def _reject_unknown(data: Any, known: set[str], prefix: str) -> None:
 
 def _check_types(spec: RunSpec) -> None:
     """YAML gives strings where numbers were meant ('2e-4' stays a string): name the field."""
-    for section_name in ("training", "hyper", "distributed"):
+    for section_name in ("training", "hyper", "preference", "distributed"):
         section = getattr(spec, section_name)
         for f in fields(section):
             value = getattr(section, f.name)

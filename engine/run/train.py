@@ -49,7 +49,7 @@ def _torch_dtype(spec: RunSpec, device: str) -> Any:
 
 def load_model_and_tokenizer(spec: RunSpec, device: str, local_rank: int) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = spec.model_path or spec.model
     local = spec.model_path is not None
@@ -77,9 +77,11 @@ def load_model_and_tokenizer(spec: RunSpec, device: str, local_rank: int) -> tup
             kwargs["device_map"] = {"": local_rank}
         elif device == "cpu":
             kwargs["device_map"] = {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local, **kwargs)
+    from engine.run.stages import attach_adapters, load_weights
+
+    model = load_weights(spec, source, local, kwargs)  # scratch or an earlier run: see stages
     if t.is_peft:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import LoraConfig, prepare_model_for_kbit_training
 
         if t.method == "qlora" and t.kbit_upcast:
             model = prepare_model_for_kbit_training(
@@ -100,13 +102,21 @@ def load_model_and_tokenizer(spec: RunSpec, device: str, local_rank: int) -> tup
             lora_dropout=0.0,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)  # type: ignore[assignment]
+        model = attach_adapters(spec, model, lora)
         if t.grad_ckpt:
             model.enable_input_require_grads()
     return model, tokenizer
 
 
-def training_arguments(spec: RunSpec, run: RunDir, device: str, has_eval: bool) -> Any:
+def training_arguments(
+    spec: RunSpec,
+    run: RunDir,
+    device: str,
+    has_eval: bool,
+    config_class: Any = None,
+    **stage_fields: Any,
+) -> Any:
+    """TrainingArguments, or a TRL config (`config_class`) with its stage's fields."""
     from transformers import TrainingArguments
 
     t, h = spec.training, spec.hyper
@@ -158,14 +168,12 @@ def training_arguments(spec: RunSpec, run: RunDir, device: str, has_eval: bool) 
         kwargs["fsdp_config"] = {"use_orig_params": True, "cpu_ram_efficient_loading": True}
     if t.num_gpus > 1 or spec.distributed.nodes > 1:
         kwargs["ddp_find_unused_parameters"] = False
-    return TrainingArguments(**kwargs)
+    return (config_class or TrainingArguments)(**kwargs, **stage_fields)
 
 
 def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer
 
-    from engine.data import build_datasets
     from engine.run.callbacks import make_callback, write_final_marker
 
     rank = int(os.environ.get("RANK", 0))
@@ -175,23 +183,6 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
     if device == "cuda":
         torch.cuda.set_device(local_rank)
     model, tokenizer = load_model_and_tokenizer(spec, device, local_rank)
-    train_ds, eval_ds, _report = build_datasets(
-        Path(spec.data),
-        tokenizer,
-        fmt=spec.data_format,
-        seq_len=spec.training.seq_len,
-        eval_fraction=spec.eval_fraction,
-        seed=spec.hyper.seed,
-        skip_invalid=spec.skip_invalid,
-        mode=spec.mode,
-    )
-    if spec.training.packing:
-        from transformers import DataCollatorWithFlattening
-
-        collator: Any = DataCollatorWithFlattening()
-    else:
-        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    args = training_arguments(spec, run, device, eval_ds is not None)
     callback = make_callback(
         run,
         rank=rank,
@@ -200,16 +191,13 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
         method=spec.training.method,
         attn=spec.training.attn,
     )
-    _inject_faults(spec)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[callback],
-    )
+    if spec.is_preference:  # DPO, ORPO, KTO, SimPO: TRL's trainers (engine/run/stages.py)
+        from engine.run.stages import preference_trainer
+
+        _inject_faults(spec)
+        trainer = preference_trainer(spec, run, model, tokenizer, device, callback)
+    else:
+        trainer = _sft_trainer(spec, run, model, tokenizer, device, callback)
     trainer.train(resume_from_checkpoint=resume_from)
     node_main = local_rank == 0
     state = run.read_state()
@@ -228,6 +216,7 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
                 "base_model": spec.model,
                 "base_model_path": spec.model_path,
                 "method": spec.training.method,
+                "stage": spec.stage,
                 "steps": trainer.state.global_step,
                 "saved_at": time.time(),
             },
@@ -235,6 +224,43 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
         run.update_state(status="completed", finished_at=time.time(), exit_code=0)
         run.event("finished", step=trainer.state.global_step)
     return 0
+
+
+def _sft_trainer(
+    spec: RunSpec, run: RunDir, model: Any, tokenizer: Any, device: str, callback: Any
+) -> Any:
+    """The HF Trainer of SFT and pre-training on ftui's tokenised datasets."""
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    from engine.data import build_datasets
+
+    train_ds, eval_ds, _report = build_datasets(
+        Path(spec.data),
+        tokenizer,
+        fmt=spec.data_format,
+        seq_len=spec.training.seq_len,
+        eval_fraction=spec.eval_fraction,
+        seed=spec.hyper.seed,
+        skip_invalid=spec.skip_invalid,
+        mode=spec.mode,
+    )
+    if spec.training.packing:
+        from transformers import DataCollatorWithFlattening
+
+        collator: Any = DataCollatorWithFlattening()
+    else:
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    args = training_arguments(spec, run, device, eval_ds is not None)
+    _inject_faults(spec)
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
 
 
 def _record_stop(run: RunDir, reason: str) -> None:
