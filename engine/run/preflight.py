@@ -52,34 +52,42 @@ def local_model(model: str, model_path: str | None = None) -> tuple[str, str]:
         )
     if arch.source in ("dir", "hf-cache", "hub") and arch.path and has_weights(arch.path):
         return (model if model_path else arch.hf_id or model), arch.path
-    from engine.hub.download import missing_weights_error
+    from engine.hub.download import cached_snapshot, missing_weights_error
+
+    snapshot = cached_snapshot(arch.hf_id) if arch.source == "profile" and arch.hf_id else None
+    if arch.hf_id and snapshot is not None and has_weights(snapshot):
+        return arch.hf_id, str(snapshot)  # a profile whose model was downloaded
 
     raise missing_weights_error(arch.hf_id or arch.name)
 
 
 def check_data(spec: RunSpec) -> dict[str, Any]:
-    """The dataset as the trainer will read it: readable, the right kind for the mode, and
+    """The dataset as the trainer will read it: readable, the right kind for the stage, and
     with records to train on."""
     from engine.data import check_dataset
+    from engine.data.preference import refuse_format
 
     report = check_dataset(Path(spec.data), fmt=spec.data_format)
     where = spec.data
-    if report.format == "preference":
+    if spec.is_preference:
+        refuse_format(report.format, spec.stage, where)
+    elif report.format in ("preference", "kto"):
+        kind = "preference pairs (chosen/rejected)" if report.format == "preference" else (
+            "judged answers (completion/label)"
+        )  # fmt: skip
         raise FtuiError(
-            f"{where} holds preference pairs (chosen/rejected): supervised fine-tuning on them "
-            "is not supported yet",
-            "train on the chosen answers (convert each pair to a conversation that ends with "
-            "its chosen response)",
+            f"{where} holds {kind}: that is for preference training, not {spec.stage}",
+            "launch with --stage dpo (or orpo, simpo, kto), or use a chat/instruction dataset",
         )
-    if spec.mode == "pretrain" and report.format != "text":
+    if spec.stage == "pretrain" and report.format != "text":
         raise FtuiError(
             f"pre-training needs plain text records, but {where} is {report.format}",
-            'use a dataset of {"text": ...} records, or train in SFT mode',
+            'use a dataset of {"text": ...} records, or --stage sft',
         )
-    if spec.mode == "sft" and report.format == "text":
+    if spec.stage == "sft" and report.format == "text":
         raise FtuiError(
             f"{where} holds plain text ({{'text': ...}}): that is for continued pre-training",
-            "set mode: pretrain in the spec, or use a chat/instruction dataset",
+            "launch with --stage pretrain, or use a chat/instruction dataset",
         )
     invalid = report.invalid
     first = "; ".join(f"{r.location}: {r.reason}" for r in invalid[:3])
@@ -118,10 +126,110 @@ def check_machine(spec: RunSpec) -> None:
         )
 
 
+def scratch_model(model: str, model_path: str | None) -> str:
+    """`init: scratch` needs the model's config and tokenizer on disk, not its weights."""
+    from engine.models import resolve_model
+
+    arch = resolve_model(model_path or model)
+    folder = Path(arch.path) if arch.path else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise FtuiError(
+            f"{model}: --init scratch needs the model's config.json and tokenizer on disk",
+            f"point {field_label('model')} at a folder with them (`hf download "
+            f"{arch.hf_id or model} config.json tokenizer.json tokenizer_config.json` fetches "
+            "just those)",
+        )
+    return str(folder)
+
+
+def check_from_run(spec: RunSpec) -> RunSpec:
+    """`from_run` names a completed ftui run of the same base model; stored as its folder."""
+    if not spec.from_run:
+        return spec
+    from engine.run.rundir import find_run, read_json
+
+    run = find_run(spec.from_run)
+    final = run.path / "final"
+    if not final.is_dir():
+        raise FtuiError(
+            f"{field_label('from_run')}: {run.run_id} has no final model (it did not complete)",
+            f"resume it first (`ftui resume {run.run_id}`), or start from another run",
+        )
+    adapter = (final / "adapter_config.json").is_file()
+    if adapter != spec.training.is_peft:
+        kind = "an adapter (LoRA/QLoRA)" if adapter else "a full model"
+        raise FtuiError(
+            f"{field_label('from_run')}: {run.run_id} trained {kind}, this run is "
+            f"--method {spec.training.method}",
+            "use --method lora or qlora to continue an adapter, --method full for a full model",
+        )
+    marker = read_json(final / "ftui.json")
+    base = marker.get("base_model_path")
+    if (
+        adapter
+        and base
+        and spec.model_path
+        and Path(base).resolve() != Path(spec.model_path).resolve()
+    ):
+        raise FtuiError(
+            f"{field_label('from_run')}: {run.run_id}'s adapter was trained on {base}, "
+            f"not on {spec.model_path}",
+            f"launch with --model {marker.get('base_model') or base}",
+        )
+    return spec.with_changes(from_run=str(run.path))
+
+
+# What each tracker needs before a run starts: its package, and a login unless it runs offline.
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "swanlab": ("swanlab",),
+    "mlflow": ("mlflow",),
+}
+
+
+def check_tracker(report_to: str) -> None:
+    """--report-to: the package is installed and, for the hosted ones, logged in or offline."""
+    import importlib.util
+    import os
+
+    if report_to == "none":
+        return
+    packages = TRACKER_PACKAGES[report_to]
+    if not any(importlib.util.find_spec(name) for name in packages):
+        raise FtuiError(
+            f"--report-to {report_to}: the {packages[0]} package is not installed",
+            f"pip install {packages[0]} (in ftui's environment), or --report-to none",
+        )
+    home = Path.home()
+    if report_to == "wandb":
+        offline = os.environ.get("WANDB_MODE", "") in ("offline", "disabled", "dryrun")
+        netrc = home / ".netrc"
+        logged_in = bool(os.environ.get("WANDB_API_KEY")) or (
+            netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
+        )
+        if not (offline or logged_in):
+            raise FtuiError(
+                "--report-to wandb: not logged in to Weights & Biases",
+                "run `wandb login`, set WANDB_API_KEY, or WANDB_MODE=offline to log locally",
+            )
+    if report_to == "swanlab":
+        offline = os.environ.get("SWANLAB_MODE", "") in ("local", "offline", "disabled")
+        logged_in = bool(os.environ.get("SWANLAB_API_KEY")) or (home / ".swanlab").is_dir()
+        if not (offline or logged_in):
+            raise FtuiError(
+                "--report-to swanlab: not logged in to SwanLab",
+                "run `swanlab login`, set SWANLAB_API_KEY, or SWANLAB_MODE=local to log locally",
+            )
+
+
 def preflight(spec: RunSpec) -> Preflight:
     """Check `spec` as far as anything can be checked without starting it."""
     spec = spec.validate()
-    _name, path = local_model(spec.model, spec.model_path)
+    if spec.init == "scratch":
+        path = scratch_model(spec.model, spec.model_path)
+    else:
+        _name, path = local_model(spec.model, spec.model_path)
     # The run starts in its own folder: relative paths are made absolute (same files).
     spec = spec.with_changes(
         model_path=str(Path(spec.model_path or path).expanduser().absolute()),
@@ -135,6 +243,8 @@ def preflight(spec: RunSpec) -> Preflight:
             f"{field_label('distributed.hostfile')}: {spec.distributed.hostfile} is not a file",
             "give the path of a DeepSpeed hostfile (one `host slots=N` line per node)",
         )
+    spec = check_from_run(spec)
+    check_tracker(spec.hyper.report_to)
     data = check_data(spec)
     check_machine(spec)
     return Preflight(spec.validate(), data)

@@ -14,7 +14,9 @@ from engine.training_config import (
     METHODS,
     OFFLOADS,
     OPTIMIZERS,
+    REFERENCES,
     SHARDINGS,
+    STAGES,
     ConfigError,
     TrainingConfig,
 )
@@ -22,6 +24,10 @@ from engine.training_config import (
 
 def add_knob_arguments(p: argparse.ArgumentParser) -> None:
     """The planner's knobs, shared by `plan` and `launch`."""
+    p.add_argument("--stage", choices=STAGES, help="what to train for (default sft)")
+    p.add_argument("--reference", choices=REFERENCES,
+                   help="dpo/kto, full fine-tune: a frozen copy of the model (auto) or "
+                   "reference log-probs computed before training (precompute)")  # fmt: skip
     p.add_argument("--method", choices=(*METHODS, "auto"), default="auto")
     p.add_argument("--gpu", default="auto", help="GPU profile to plan for (default: detected)")
     p.add_argument("--num-gpus", type=int, help="GPUs to use (default: all of the machine's)")
@@ -74,8 +80,9 @@ def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 _KNOB_FLAGS = (
-    "method", "seq_len", "batch", "grad_accum", "rank", "alpha", "dora", "grad_ckpt", "attn",
-    "dtype", "pure_bf16", "optim", "sharding", "offload", "packing", "num_gpus",
+    "stage", "reference", "method", "seq_len", "batch", "grad_accum", "rank", "alpha", "dora",
+    "grad_ckpt", "attn", "dtype", "pure_bf16", "optim", "sharding", "offload", "packing",
+    "num_gpus",
 )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
-from engine.run.spec import LAUNCHERS, Distributed, Hyper, RunSpec
+from engine.run.spec import INITS, LAUNCHERS, REPORT_TO, Distributed, Hyper, Preference, RunSpec
 
 _LAUNCH_PARSER: argparse.ArgumentParser | None = None
 # Flags that say how to launch, not what: they go with a spec file.
@@ -35,9 +35,35 @@ def add_run_parsers(sub: Any) -> None:
     p.add_argument("--skip-invalid", action="store_true", help="train without invalid records")
     p.add_argument("--eval-fraction", type=float, default=0.0)
     p.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (-1: by epochs)")
-    p.add_argument("--lr", type=float, help="learning rate (default 2e-4 adapters, 2e-5 full)")
+    p.add_argument("--lr", type=float, help="learning rate (default 2e-4 adapters, 2e-5 full; "
+                   "dpo/orpo/kto/simpo 5e-5, 5e-6)")  # fmt: skip
     p.add_argument("--save-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--init",
+        choices=INITS,
+        default="pretrained",
+        help="scratch: random weights from the model's config (--stage pretrain)",
+    )
+    p.add_argument(
+        "--from-run",
+        metavar="RUN",
+        help="start from this run's final adapter or model (e.g. DPO after SFT)",
+    )
+    p.add_argument("--beta", type=float, help="dpo/orpo/kto/simpo strength (0.1; simpo 2.0)")
+    p.add_argument("--loss-type", default="auto", help="e.g. sigmoid, ipo, hinge (dpo)")
+    p.add_argument(
+        "--max-prompt-len",
+        type=int,
+        default=0,
+        help="prompt tokens kept, from its end (default: half of --seq-len)",
+    )
+    p.add_argument(
+        "--report-to",
+        choices=REPORT_TO,
+        default="none",
+        help="also log to a tracker; ftui's own files stay the dashboard's",
+    )
     p.add_argument("--launcher", choices=LAUNCHERS, default="auto")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--node-rank", type=int, default=0)
@@ -120,11 +146,16 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
         except OSError as exc:
             raise FtuiError(f"cannot read {args.spec}: {exc}", "pass a spec.yaml path") from exc
         return RunSpec.from_yaml(text), {}
+    if args.from_run and not args.model:
+        args.model = _base_model_of(args.from_run)
     if not args.model or not args.data:
         raise FtuiError("launch needs a spec file, or --model and --data", "see `ftui launch -h`")
-    from engine.run.preflight import local_model
+    from engine.run.preflight import local_model, scratch_model
 
-    name, model_path = local_model(args.model)
+    if args.init == "scratch":
+        name, model_path = args.model, scratch_model(args.model, None)
+    else:
+        name, model_path = local_model(args.model)
     pinned = pinned_knobs(args)
     device = args.device
     plan_summary: dict[str, Any] = {}
@@ -136,11 +167,13 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
         pinned.setdefault("grad_ckpt", False)
         pinned.setdefault("seq_len", 512)
         if pinned.get("method", "auto") == "auto":
-            pinned["method"] = "lora"
+            pinned["method"] = "full" if args.init == "scratch" else "lora"
+        if pinned.get("stage") == "kto":
+            pinned.setdefault("batch", 2)  # KTO's KL term needs other samples in the batch
         config = TrainingConfig(**pinned).validate()
     else:
         config, plan_summary = _planned_config(args, pinned)
-    lr = args.lr if args.lr is not None else (2e-5 if config.method == "full" else 2e-4)
+    lr = args.lr if args.lr is not None else default_lr(config.stage, config.method, args.init)
     spec = RunSpec(
         model=name,
         model_path=model_path,
@@ -150,13 +183,19 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
         eval_fraction=args.eval_fraction,
         skip_invalid=args.skip_invalid,
         device=device,
+        init=args.init,
+        from_run=args.from_run,
         training=config,
+        preference=Preference(
+            beta=args.beta, loss_type=args.loss_type, max_prompt_len=args.max_prompt_len
+        ),
         hyper=Hyper(
             epochs=args.epochs,
             max_steps=args.max_steps,
             learning_rate=lr,
             save_steps=args.save_steps,
             seed=args.seed,
+            report_to=args.report_to,
         ),
         distributed=Distributed(
             launcher=args.launcher,
@@ -169,6 +208,24 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
         plan=plan_summary or None,
     )
     return spec.validate(), plan_summary
+
+
+def default_lr(stage: str, method: str, init: str) -> float:
+    """Preference stages move a policy a little (TRL's and the papers' rates); pre-training
+    from random weights needs a large rate."""
+    if init == "scratch":
+        return 3e-4
+    if stage in ("dpo", "orpo", "kto", "simpo"):
+        return 5e-6 if method == "full" else 5e-5
+    return 2e-5 if method == "full" else 2e-4
+
+
+def _base_model_of(ref: str) -> str:
+    """--from-run without --model: the earlier run's own base model."""
+    from engine.run.rundir import find_run
+
+    spec = RunSpec.from_yaml(find_run(ref).spec.read_text(encoding="utf-8"))
+    return spec.model_path or spec.model
 
 
 def _has_gpu(args: argparse.Namespace) -> bool:
