@@ -239,14 +239,14 @@ import math, time
 from rich.text import Text
 from textual.app import App
 from textual_plotext.plot import Plot
-from tui.screens.dashboard.chart import BrailleChart
-from tui.screens.dashboard.model import ChartData, ChartLayer
+from tui.widgets.chart import BrailleChart
+from tui.widgets.chart import ChartData, ChartLayer
 
 xs = [float(i) for i in range(240)]
 ys = [2 + math.sin(i / 10) + ((i * 7919) % 100) / 300 for i in range(240)]
 smooth = [2 + math.sin(i / 10) for i in range(0, 240, 2)]
-data = ChartData([ChartLayer(xs, ys, "points", "dash-chart--points"),
-                  ChartLayer(xs[::2], smooth, "line", "dash-chart--line")], 1)
+data = ChartData([ChartLayer(xs, ys, "points", "chart--points"),
+                  ChartLayer(xs[::2], smooth, "line", "chart--line")], 1)
 N = 50
 
 class Bench(App):

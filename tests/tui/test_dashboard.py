@@ -18,10 +18,10 @@ from textual.widgets import Label, Log, Static
 
 from engine.run.rundir import RunDir
 from tui.app import stylesheets
-from tui.screens.dashboard.chart import BrailleChart
 from tui.screens.dashboard.events import EventList
 from tui.screens.dashboard.gpu import DashGpuPanel
 from tui.screens.dashboard.screen import ConfirmStop, DashboardScreen, OpenChat
+from tui.widgets.chart import BrailleChart
 
 T0 = 1_700_000_000.0
 GIB = 1024**3
@@ -80,6 +80,7 @@ def write_run(
     gpus: int = 2,
     t0: float = T0,
     peak_gib: float = 60.0,
+    evals: bool = True,
     **state: Any,
 ) -> RunDir:
     """A run directory as launcher, trainer and supervisor leave it (fixed timestamps)."""
@@ -108,7 +109,7 @@ def write_run(
     records = []
     for step in range(1, logged + 1):
         records.append(metrics_line(step, t0 + 30 + step * 2, steps))
-        if step % 50 == 0:
+        if evals and step % 50 == 0:
             records.append({"t": t0 + 31 + step * 2, "step": step, "eval_loss": 0.9})
     append(path / "metrics.jsonl", records)
     if gpus:
@@ -372,3 +373,39 @@ def test_snapshot_failed_run(snap_compare: Any, tmp_path: Path) -> None:
     run = write_run(tmp_path, status="failed", failure="oom", note=note, logged=120, peak_gib=78)
     app = DashApp(run, refresh_seconds=0.05)
     assert snap_compare(app, terminal_size=SIZE, run_before=_settle)
+
+
+# -- small terminals -------------------------------------------------------------------------
+def write_cpu_run(tmp_path: Path) -> RunDir:
+    """A finished 300-step CPU run: no gpu.jsonl, spec.yaml says device cpu."""
+    run = write_run(
+        tmp_path, status="completed", steps=300, gpus=0, evals=False, num_gpus=1, plan_summary={}
+    )
+    run.spec.write_text("model: tiny\ndata: d.jsonl\ndevice: cpu\n")
+    return run
+
+
+async def test_a_cpu_run_at_80x24_charts_its_loss_and_says_cpu(tmp_path: Path) -> None:
+    run = write_cpu_run(tmp_path)
+    app = DashApp(run, refresh_seconds=0.05)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await loaded(pilot)
+        await wait_until(pilot, lambda: screen.settled)
+        assert "· CPU" in label_text(screen, "#dash-model")
+        assert "GPU" not in label_text(screen, "#dash-model")
+        assert not screen.query_one("#dash-gpus").display  # no empty GPU panel
+        for chart_id in ("#dash-loss", "#dash-lr"):
+            chart = screen.query_one(chart_id, BrailleChart)
+            assert chart.content_size.height >= 3 and chart.content_size.width >= 30
+            drawn = "".join(strip.text for strip in chart.draw(*chart.content_size))
+            assert "no data yet" not in drawn and "too small" not in drawn
+
+
+def test_snapshot_cpu_run_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    app = DashApp(write_cpu_run(tmp_path), refresh_seconds=0.05)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_settle)
+
+
+def test_snapshot_gpu_run_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    app = DashApp(write_run(tmp_path, status="completed", evals=False), refresh_seconds=0.05)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_settle)

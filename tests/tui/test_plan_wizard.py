@@ -364,3 +364,77 @@ def test_plan_wizard_snapshot(snap_compare: Any) -> None:
 
     app = wizard_app(model="llama-3.1-8b")
     assert snap_compare(app, terminal_size=(120, 40), run_before=settle)
+
+
+# -- keys and small terminals ------------------------------------------------------------------
+async def test_a_path_typed_after_tab_stays_in_the_wizard() -> None:
+    from tui.app import FtuiApp
+    from tui.screens.machine.screen import MachineScreen
+
+    app = FtuiApp(simulated())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("p")
+        screen = await open_wizard(pilot, planned=False)
+        filter_box = screen.query_one("#model-filter", Input)
+        assert screen.focused is filter_box
+        await pilot.press(*"qwen")
+        await pilot.press("tab")  # the next numbered pane: the dataset
+        path = "/srv/runs/mq/data.jsonl"  # r, m, s, p, q: letters the app binds elsewhere
+        await pilot.press(*path)
+        assert app.screen is screen
+        assert screen.query_one("#data-path", Input).value == path
+        assert filter_box.value == "qwen"
+        # A letter typed on a button is not lost either: it goes on to the next input.
+        screen.query_one("#knob-unpin", Button).focus()
+        await pilot.press("m")
+        assert app.screen is screen and filter_box.value == "qwenm"
+        await pilot.press("escape")  # back to the machine view; the wizard keeps its text
+        assert isinstance(app.screen, MachineScreen)
+        await pilot.press("p")
+        assert app.screen is screen and screen.query_one("#data-path", Input).value == path
+
+
+async def test_focus_follows_the_numbered_panes() -> None:
+    app = wizard_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_wizard(pilot, planned=False)
+        ids = [w.id for w in screen.focus_chain]
+        panes = ["model-filter", "data-path", "gpu-select", "knob-method"]
+        assert [ids.index(i) for i in panes] == sorted(ids.index(i) for i in panes)
+        assert ids[0] == "model-filter" and "model-list" not in ids
+        await pilot.press("down", "down", "enter")  # the arrows move the list from the filter
+        await wait_until(pilot, lambda: screen.arch is not None)
+        assert screen.arch is not None
+        assert screen.arch.name == screen.query_one(ModelPicker).shown[2].name
+
+
+async def test_at_80_columns_the_wizard_shows_one_side_at_a_time() -> None:
+    app = wizard_app(model="qwen2.5-0.5b")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_wizard(pilot)
+        left, right = screen.query_one("#wizard-left"), screen.query_one("#wizard-right")
+        assert screen.has_class("-narrow")
+        assert left.display and left.size.width >= 78 and not right.display
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert right.display and not left.display and right.size.width >= 78
+        assert screen.query_one(PlanSummary).size.width >= 70
+
+
+def test_plan_wizard_snapshot_80x24(snap_compare: Any) -> None:
+    async def planned(pilot: Any) -> None:
+        await open_wizard(pilot)
+        await pilot.pause()
+
+    app = wizard_app(model="qwen2.5-0.5b")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=planned)
+
+
+def test_plan_wizard_plan_side_snapshot_80x24(snap_compare: Any) -> None:
+    async def plan_side(pilot: Any) -> None:
+        await open_wizard(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+
+    app = wizard_app(model="qwen2.5-0.5b")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=plan_side)

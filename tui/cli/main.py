@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_download_parser(sub)
 
+    from tui.cli.compare import add_compare_parser
+
+    add_compare_parser(sub)
+
     gpu_profiles = sub.add_parser("gpu-profiles", help="list the built-in GPU profiles")
     gpu_profiles.add_argument("--json", action="store_true", help="print a JSON list")
     gpu_profiles.set_defaults(handler=cmd_gpu_profiles)

@@ -8,7 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline, Static
 
 from engine.humanize import duration
-from tui.screens.dashboard.model import DashFrame, compact, number
+from tui.screens.dashboard.model import DashFrame, number
+from tui.widgets.chart import compact
 
 STATUS_CLASSES = ("-starting", "-running", "-stopping", "-completed", "-failed", "-stopped")
 
@@ -75,6 +76,8 @@ def set_text(widget: Static, text: str, *, layout: bool = False) -> None:
 
 
 class RunHeader(Vertical):
+    on_cpu = False  # set by the screen from the run's spec (state.json has no device)
+
     def compose(self) -> ComposeResult:
         with Horizontal(id="dash-title-row"):
             yield Label("", id="dash-run-id")
@@ -107,7 +110,7 @@ class RunHeader(Vertical):
         self._status.set_class(frame.stalled, "-stalled")
         host = f" · {frame.host}" if frame.host else ""
         gpus = f"{frame.num_gpus} GPU" + ("s" if frame.num_gpus != 1 else "")
-        model = f"{frame.model} · {frame.method} · {gpus}{host}"
+        model = f"{frame.model} · {frame.method} · {'CPU' if self.on_cpu else gpus}{host}"
         set_text(self.query_one("#dash-model", Label), model, layout=True)
         total = frame.max_steps or 1
         progress = min(total, frame.step or 0)

@@ -13,24 +13,7 @@ from engine.machine.hardware import GIB
 from engine.monitor.alerts import Alert
 from engine.monitor.series import Series, lttb
 from engine.monitor.store import MetricsStore
-
-
-@dataclass(frozen=True)
-class ChartLayer:
-    """One thing drawn on a chart: `kind` is points, line or markers; `component` names the
-    chart's component class that styles it."""
-
-    xs: list[float]
-    ys: list[float]
-    kind: str
-    component: str
-
-
-@dataclass(frozen=True)
-class ChartData:
-    layers: list[ChartLayer]
-    version: int
-    empty_text: str = "no data yet"
+from tui.widgets.chart import ChartData, ChartLayer
 
 
 @dataclass(frozen=True)
@@ -146,14 +129,14 @@ def build_frame(
     version = store.loss.version + store.eval_loss.version * 7 + width * 1_000_003
     loss_chart = _chart(
         [
-            (store.loss, "points", "dash-chart--points", 2 * width),
-            (store.loss_smooth, "line", "dash-chart--line", width),
-            (store.eval_loss, "markers", "dash-chart--marker", width // 2),
+            (store.loss, "points", "chart--points", 2 * width),
+            (store.loss_smooth, "line", "chart--line", width),
+            (store.eval_loss, "markers", "chart--marker", width // 2),
         ],
         version,
     )
     lr_chart = _chart(
-        [(store.lr, "line", "dash-chart--line", 2 * width)],
+        [(store.lr, "line", "chart--line", 2 * width)],
         store.lr.version + width * 1_000_003,
     )
     plan = store.plan
@@ -237,16 +220,6 @@ def build_frame(
 
 
 # -- formatting --------------------------------------------------------------------------------
-def compact(value: float | None, digits: int = 1) -> str:
-    """1234 -> 1.2k, 4.1e9 -> 4.1G."""
-    if value is None:
-        return "–"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.{digits}f}{unit}"
-    return f"{value:.{digits}f}" if value != int(value) else f"{int(value)}"
-
-
 def number(value: float | None, spec: str = ".4g") -> str:
     if value is None:
         return "–"

@@ -26,14 +26,14 @@ from textual.worker import get_current_worker
 from engine.errors import FtuiError
 from engine.machine.hardware import NvmlBackend
 from engine.monitor.alerts import Alert
-from engine.monitor.reading import TextTail
+from engine.monitor.reading import TextTail, read_spec
 from engine.monitor.store import MetricsStore
 from engine.run.rundir import FINAL, RunDir
-from tui.screens.dashboard.chart import BrailleChart
 from tui.screens.dashboard.events import EventList
 from tui.screens.dashboard.gpu import DashGpuPanel
 from tui.screens.dashboard.header import RunHeader, set_text
 from tui.screens.dashboard.model import DashFrame, build_frame
+from tui.widgets.chart import BrailleChart
 
 RECONCILE_SECONDS = 5.0  # how often a live run's processes are checked (a dead run → failed)
 MAX_NOTIFY = 3  # alerts found in one refresh (a replayed history) beyond this are summarised
@@ -103,6 +103,9 @@ class ConfirmStop(ModalScreen[bool]):
 
 
 class DashboardScreen(Screen[None]):
+    # Small terminals (80×24 over SSH): the charts get the room (see dashboard.tcss).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("x", "stop", "Stop run"),
@@ -134,6 +137,7 @@ class DashboardScreen(Screen[None]):
         self._built_for: tuple[int, int] | None = None  # the widths of the last frame
         self._measured: set[str] = set()  # what has been measured on screen yet
         self._error: str | None = None  # the last read error (notified once)
+        self._on_cpu: bool | None = None  # from spec.yaml, read once by the worker
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -141,7 +145,8 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="dash-body"):
             with Vertical(id="dash-charts"):
                 yield BrailleChart(id="dash-loss")
-                yield BrailleChart(id="dash-lr")
+                with Horizontal(id="dash-small-charts"):  # side by side: each keeps its height
+                    yield BrailleChart(id="dash-lr")
             with VerticalScroll(id="dash-gpus"):
                 yield Static("", id="dash-gpu-note")
         with Horizontal(id="dash-bottom"):
@@ -188,6 +193,8 @@ class DashboardScreen(Screen[None]):
         result = store.refresh(now)
         if self._gpu_names is None:
             self._gpu_names = self._read_gpu_names()
+        if self._on_cpu is None:
+            self._on_cpu = read_spec(self.run).get("device") == "cpu"
         log_reset, log_lines = self._log_tail.read()
         frame = None
         widths = (self._chart_width, self._spark_width)  # set on the UI thread: ints
@@ -250,6 +257,7 @@ class DashboardScreen(Screen[None]):
     def show(self, frame: DashFrame) -> None:
         self.frame = frame
         self.set_class(frame.stalled, "-stalled")
+        self._header.on_cpu = bool(self._on_cpu)
         self._header.show(frame)
         self._loss.show(frame.loss_chart)
         self._lr.show(frame.lr_chart)
@@ -286,6 +294,9 @@ class DashboardScreen(Screen[None]):
                     f"\ntorch peak {frame.torch_peak_gib:.1f} GiB"
                     f" · plan {frame.plan_allocated_gib:.1f} allocated"
                 )
+        # A CPU run has no GPU to show: the charts take the room.
+        container.display = bool(frame.gpus) or not self._on_cpu
+        container.set_class(not frame.gpus, "-empty")
         if not frame.gpus:
             plan = (
                 "[b]No GPU data[/b] for this run: it ran without a GPU, or its sampler has not "

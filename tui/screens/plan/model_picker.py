@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, OptionList, Static
@@ -171,7 +172,18 @@ class CacheScanned(Message):
 
 
 class ModelPicker(Vertical):
-    """Filter input + list. Posts `ModelPicker.Picked` when the user picks a model."""
+    """Filter input + list. Posts `ModelPicker.Picked` when the user picks a model.
+
+    The list is out of the Tab order: the arrows move its highlight from the filter and enter
+    picks, so Tab from the filter goes on to the dataset (the next numbered pane) and a path
+    typed after Tab lands there; a click on the list still picks."""
+
+    BINDINGS = [
+        Binding("down", "move(1)", "Next model", show=False),
+        Binding("up", "move(-1)", "Previous model", show=False),
+        Binding("pagedown", "move(7)", show=False),
+        Binding("pageup", "move(-7)", show=False),
+    ]
 
     class Picked(Message):
         def __init__(self, choice: ModelChoice) -> None:
@@ -194,7 +206,9 @@ class ModelPicker(Vertical):
             id="model-filter",
             compact=True,
         )
-        yield OptionList(id="model-list")
+        options = OptionList(id="model-list")
+        options.can_focus = False
+        yield options
         yield Static("", id="model-note")
 
     def on_mount(self) -> None:
@@ -242,6 +256,13 @@ class ModelPicker(Vertical):
                 + cache_note
             )
         self.query_one("#model-note", Static).update(Text(note))
+
+    def action_move(self, delta: int) -> None:
+        options = self.query_one("#model-list", OptionList)
+        if not options.option_count:
+            return
+        current = options.highlighted if options.highlighted is not None else 0
+        options.highlighted = max(0, min(options.option_count - 1, current + delta))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "model-filter":

@@ -7,21 +7,23 @@ How the knobs work: the planner fills them with its recommendation (the method s
 drives it: auto lets the planner choose). A knob the user edits is re-estimated at once and
 pinned: the next recommendation (ctrl+r, a new method, model, GPU or dataset) keeps it, until
 "Unpin all" (a new model only drops a pinned sequence length).
+
+Layout: the numbered panes (model, dataset, GPUs, setup) on the left, the plan on the right;
+below 110 columns one side at a time, ctrl+o switches. Keys: a form, so the app's letters are
+off here (escape goes back, f1 helps) and stray letters reach an input (keys.py).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import (
     Button,
@@ -54,8 +56,9 @@ from engine.plan.planner import (
 from engine.run.spec import RunSpec
 from engine.training_config import ConfigError, TrainingConfig
 from tui.screens.plan.dataset import DatasetPanel
-from tui.screens.plan.dialogs import SaveSpecScreen
+from tui.screens.plan.keys import route_typing
 from tui.screens.plan.knobs import KnobsPanel, check_seq_len
+from tui.screens.plan.launching import LaunchActions
 from tui.screens.plan.machine import MachinePicker
 from tui.screens.plan.model_picker import (
     ModelChoice,
@@ -65,7 +68,6 @@ from tui.screens.plan.model_picker import (
 )
 from tui.screens.plan.spec import SpecPane, build_spec, local_weights, plan_summary
 from tui.screens.plan.summary import DryRunView, PlanSummary, RunnersUpTable, SummaryView
-from tui.screens.runs.screen import OpenDashboard
 
 HEADROOM = 0.90
 RECHECK_SECONDS = 0.4  # debounce: re-check the dataset's truncation after seq-len edits
@@ -87,15 +89,13 @@ class DryRunDone(Message):
         self.error = error
 
 
-class LaunchDone(Message):
-    def __init__(self, run_id: str | None, error: str | None) -> None:
-        super().__init__()
-        self.run_id = run_id
-        self.error = error
-
-
-class PlanWizardScreen(Screen[None]):
+class PlanWizardScreen(LaunchActions):
+    FORM = True  # the app's letter keys are off here (tui/app.py)
+    # Below 110 columns the plan beside the panes would be a sliver: one side at a time.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     BINDINGS = [
+        Binding("ctrl+o", "other_pane", "Setup/Plan", priority=True),  # first: narrow footers
+        Binding("escape", "app.show_mode('machine')", "Back"),
         # priority: the knob inputs bind some of these keys (ctrl+w deletes a word).
         Binding("ctrl+r", "replan", "Recommend", priority=True),
         Binding("ctrl+d", "dry_run", "Dry run", priority=True),
@@ -131,7 +131,7 @@ class PlanWizardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="wizard"):
-            with VerticalScroll(id="wizard-left"):
+            with VerticalScroll(id="wizard-left", can_focus=False):
                 with Vertical(id="sec-model", classes="wizard-section") as section:
                     section.border_title = "1 · Model"
                     yield ModelPicker(id="model-picker")
@@ -165,6 +165,24 @@ class PlanWizardScreen(Screen[None]):
         self.read_machine()
         if self.initial_model:
             self._pick_named(self.initial_model)
+
+    # -- keys and panes --------------------------------------------------------------------------
+    def on_key(self, event: events.Key) -> None:
+        route_typing(self, event)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "other_pane":
+            return self.has_class("-narrow")
+        return True
+
+    def action_other_pane(self) -> None:
+        """Narrow terminals: show the plan instead of the panes, or back."""
+        showing_plan = not self.has_class("-show-plan")
+        self.set_class(showing_plan, "-show-plan")
+        if showing_plan:
+            self.query_one("#wizard-right").query("ContentTabs").first().focus()
+        else:
+            self.query_one("#model-filter").focus()
 
     # -- the machine -----------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="nvml")
@@ -490,136 +508,6 @@ class PlanWizardScreen(Screen[None]):
 
     def _refresh_spec(self) -> None:
         self.query_one(SpecPane).show(self.build_spec())
-
-    def launch_problems(self) -> list[str]:
-        """Why ctrl+l would refuse now (empty: ready)."""
-        problems: list[str] = []
-        if self.arch is None:
-            return ["pick a model"]
-        try:
-            self.local_model()
-        except FtuiError as error:
-            problems.append(str(error))
-        if self.setup_error is not None:
-            problems.append(self.setup_error.message)
-        if self.knob_error is not None:
-            problems.append(f"fix the setup: {self.knob_error.message}")
-        panel = self.query_one(DatasetPanel)
-        if panel.checking:
-            problems.append("the dataset is still being checked")
-        elif self.report is None or self.report_path != panel.path:
-            problems.append("check a dataset: type its path and press enter")
-        elif self.report.invalid:
-            problems.append(
-                f"the dataset has {len(self.report.invalid)} invalid record(s): fix them "
-                f"(`ftui data check {self.report_path}`)"
-            )
-        elif not self.report.valid:
-            problems.append("the dataset has no valid record")
-        elif self.report.format == "preference":
-            problems.append(
-                "preference pairs (chosen/rejected) cannot be trained yet: use SFT data"
-            )
-        picker = self.query_one(MachinePicker)
-        if picker.device != "cpu" and self.machine is not None:
-            if not picker.has_real_gpu:
-                problems.append("no GPU here to train on: set “run on” to cpu")
-            elif not self.machine.detected:
-                problems.append(
-                    "the plan is for another GPU than this machine's: pick “this machine” "
-                    "to launch here"
-                )
-            elif self.current is not None and not self.current.fits:
-                problems.append("the setup does not fit the GPU: pick a runner-up or shrink it")
-        if self.launching:
-            problems.append("a launch is under way")
-        return problems
-
-    def _refresh_readiness(self) -> None:
-        box = self.query_one("#launch-readiness", Static)
-        problems = self.launch_problems()
-        if not problems:
-            device = self.query_one(MachinePicker).device
-            box.update(Text(f"Ready: ctrl+l launches it (run on {device}).", style="bold green"))
-        else:
-            box.update(Text("Launch (ctrl+l) needs:\n• " + "\n• ".join(problems), style="dim"))
-        box.set_class(not problems, "-ready")
-
-    # -- save, launch ----------------------------------------------------------------------------
-    def action_save_spec(self) -> None:
-        spec = self.build_spec()
-        if spec is None:
-            self.notify(
-                "Pick a model first: there is no spec yet.", severity="warning", markup=False
-            )
-            return
-        text = spec.to_yaml()
-        default = f"{Path(spec.model).name or 'run'}-spec.yaml"
-
-        def save(answer: tuple[Path, bool] | None) -> None:
-            if answer is None:
-                return
-            path, overwrite = answer
-            try:
-                with path.open("w" if overwrite else "x", encoding="utf-8") as fh:
-                    fh.write(text)
-            except FileExistsError:
-                self.notify(
-                    f"{path} appeared meanwhile: not overwritten.", severity="error", markup=False
-                )
-                return
-            except OSError as error:
-                self.notify(f"cannot write {path}: {error}", severity="error", markup=False)
-                return
-            self.notify(f"spec saved to {path} (launch it: ftui launch {path})", markup=False)
-
-        self.app.push_screen(SaveSpecScreen(default), save)
-
-    def action_launch(self) -> None:
-        problems = self.launch_problems()
-        if problems:
-            self.notify(
-                "Cannot launch yet:\n• " + "\n• ".join(problems),
-                severity="error",
-                timeout=10,
-                markup=False,
-            )
-            return
-        spec = self.build_spec()
-        assert spec is not None
-        try:
-            spec.validate()
-        except FtuiError as error:
-            self.notify(str(error), severity="error", timeout=10, markup=False)
-            return
-        self.launching = True
-        self._refresh_readiness()
-        self.notify(f"launching {spec.model}…", markup=False)
-        self._launch_worker(spec, self._plan_summary())
-
-    @work(thread=True, exclusive=True, group="launch")
-    def _launch_worker(self, spec: RunSpec, summary: dict[str, Any]) -> None:
-        from engine.run.operations import launch
-
-        try:
-            run = launch(spec, plan_summary=summary)
-        except FtuiError as error:
-            self.post_message(LaunchDone(None, str(error)))
-        except Exception as exc:
-            self.post_message(LaunchDone(None, f"launch failed: {type(exc).__name__}: {exc}"))
-        else:
-            self.post_message(LaunchDone(run.run_id, None))
-
-    def on_launch_done(self, message: LaunchDone) -> None:
-        self.launching = False
-        self._refresh_readiness()
-        if message.run_id is None:
-            self.notify(
-                message.error or "launch failed", severity="error", timeout=10, markup=False
-            )
-            return
-        self.notify(f"launched {message.run_id}", markup=False)
-        self.post_message(OpenDashboard(message.run_id))
 
     # -- dry run ---------------------------------------------------------------------------------
     def action_dry_run(self) -> None:

@@ -1,6 +1,7 @@
 """The runs screen: every run with status, age, progress and last loss; open, stop, save-now,
-resume and delete. The list refreshes every ~2 s in a thread worker, re-armed after each
-refresh was shown; every engine call runs in a thread worker and reports back by message."""
+resume and delete; mark runs (space) and compare them (c). The list refreshes every ~2 s in
+a thread worker, re-armed after each refresh was shown; every engine call runs in a thread
+worker and reports back by message."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ class OpenDashboard(Message):
     def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
+
+
+class OpenCompare(Message):
+    """Compare these runs (the app pushes the compare screen)."""
+
+    def __init__(self, run_ids: list[str]) -> None:
+        super().__init__()
+        self.run_ids = run_ids
 
 
 class RunsUpdated(Message):
@@ -95,6 +104,8 @@ class RunsScreen(Screen[None]):
         Binding("w", "save_now", "Save now"),
         Binding("u", "resume", "Resume"),
         Binding("d", "delete", "Delete"),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare marked"),
         Binding("slash", "filter", "Filter"),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -199,6 +210,29 @@ class RunsScreen(Screen[None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "runs-filter":
             self.query_one(RunsTable).focus()
+
+    # -- marking and comparing ---------------------------------------------------------------------
+    def action_mark(self) -> None:
+        table = self.query_one(RunsTable)
+        run_id = table.selected_run_id
+        if run_id is not None:
+            table.toggle_mark(run_id)
+            table.action_cursor_down()  # mark the next one with the next press
+
+    def action_compare(self) -> None:
+        marked = [r for r in self.query_one(RunsTable).marked if r in self.infos_by_id]
+        if len(marked) < 2:
+            self.notify(
+                "Mark two runs or more with space, then press c to compare them.",
+                severity="warning",
+                markup=False,
+            )
+            return
+        self.post_message(OpenCompare(marked))
+
+    @property
+    def infos_by_id(self) -> dict[str, RunInfo]:
+        return {info.run_id: info for info in self.infos}
 
     # -- actions ---------------------------------------------------------------------------------
     def _selected(self) -> RunInfo | None:

@@ -86,6 +86,7 @@ class RunsTable(DataTable[Any]):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.infos: dict[str, RunInfo] = {}
         self._values: dict[str, dict[str, str]] = {}  # the text shown, by run and column
+        self.marked: list[str] = []  # run ids marked for comparing, in the order marked
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
@@ -103,7 +104,20 @@ class RunsTable(DataTable[Any]):
     def run_ids(self) -> list[str]:
         return [str(row.key.value) for row in self.ordered_rows]
 
+    def toggle_mark(self, run_id: str) -> None:
+        if run_id in self.marked:
+            self.marked.remove(run_id)
+        else:
+            self.marked.append(run_id)
+        if run_id in self.infos:
+            run = self._values[run_id]["run"]
+            cell = self._cell("run", run, self.infos[run_id], {})
+            self.update_cell(run_id, "run", cell, update_width=True)
+
     def _cell(self, column: str, value: str, info: RunInfo, colours: dict[str, str]) -> Text:
+        if column == "run":  # a marked run shows a dot before its id
+            mark = "● " if info.run_id in self.marked else ""
+            return Text(mark + value, no_wrap=True)
         if column != "status":
             return Text(value, no_wrap=True)
         variable = STATUS_COLOUR.get(info.status, "")

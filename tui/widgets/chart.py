@@ -1,4 +1,5 @@
 """A line/scatter chart drawn with braille dots (2×4 per cell), styled by component classes.
+Used by the dashboard (one run) and the compare screen (one coloured line per run).
 
 Why not textual-plotext: for the ~250 points a dashboard chart holds, plotext's build plus
 `Text.from_ansi` costs ~10 ms a chart; this costs ~1-2 ms (benchmarks/dashboard.py measures
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.segment import Segment
@@ -18,7 +20,35 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui.screens.dashboard.model import ChartData, ChartLayer, compact
+
+@dataclass(frozen=True)
+class ChartLayer:
+    """One thing drawn on a chart: `kind` is points, line or markers; `component` names the
+    chart's component class that styles it."""
+
+    xs: list[float]
+    ys: list[float]
+    kind: str
+    component: str
+
+
+@dataclass(frozen=True)
+class ChartData:
+    layers: list[ChartLayer]
+    version: int
+    empty_text: str = "no data yet"
+    x_format: Callable[[float], str] | None = None  # the x axis labels (default: compact)
+
+
+def compact(value: float | None, digits: int = 1) -> str:
+    """1234 -> 1.2k, 4.1e9 -> 4.1G."""
+    if value is None:
+        return "–"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.{digits}f}{unit}"
+    return f"{value:.{digits}f}" if value != int(value) else f"{int(value)}"
+
 
 # Braille dot bits by (row 0-3, column 0-1) inside a cell.
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
@@ -33,22 +63,36 @@ def _label(value: float) -> str:
 
 
 class BrailleChart(Widget):
+    # One colour per run on the compare screen: component chart--run-N takes the theme
+    # variable RUN_COLOURS[N] (runs beyond six repeat them).
+    RUN_COLOURS: ClassVar[tuple[str, ...]] = (
+        "accent",
+        "warning",
+        "success",
+        "error",
+        "secondary",
+        "foreground",
+    )
     COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "dash-chart--points",
-        "dash-chart--line",
-        "dash-chart--marker",
-        "dash-chart--axis",
-        "dash-chart--empty",
+        "chart--points",
+        "chart--line",
+        "chart--marker",
+        "chart--axis",
+        "chart--empty",
+        *(f"chart--run-{i}" for i in range(len(RUN_COLOURS))),
     }
 
     DEFAULT_CSS = """
     BrailleChart { height: 1fr; }
-    BrailleChart > .dash-chart--points { color: $foreground-darken-3; }
-    BrailleChart > .dash-chart--line { color: $accent; }
-    BrailleChart > .dash-chart--marker { color: $success; text-style: bold; }
-    BrailleChart > .dash-chart--axis { color: $text-muted; }
-    BrailleChart > .dash-chart--empty { color: $text-muted; }
-    """
+    BrailleChart > .chart--points { color: $foreground-darken-3; }
+    BrailleChart > .chart--line { color: $accent; }
+    BrailleChart > .chart--marker { color: $success; text-style: bold; }
+    BrailleChart > .chart--axis { color: $text-muted; }
+    BrailleChart > .chart--empty { color: $text-muted; }
+    """ + "".join(
+        f"BrailleChart > .chart--run-{i} {{ color: ${variable}; }}\n"
+        for i, variable in enumerate(RUN_COLOURS)
+    )
 
     def __init__(self, **kwargs: str) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -82,10 +126,12 @@ class BrailleChart(Widget):
         self.renders += 1
         base = self.rich_style
         layers = [layer for layer in self.data.layers if layer.xs]
-        if not layers or width < 12 or height < 3:
-            text = self.data.empty_text[:width].center(width)
+        if not layers or width < 12 or height < 2:
+            # Data that does not fit says so: "no data yet" would be a lie.
+            text = self.data.empty_text if not layers else "(too small)"
+            text = text[:width].center(width)
             blank = Strip.blank(width, base)
-            empty = Strip([Segment(text, self._style("dash-chart--empty"))], width)
+            empty = Strip([Segment(text, self._style("chart--empty"))], width)
             return [empty if row == height // 2 else blank for row in range(height)]
         x_lo = min(layer.xs[0] for layer in layers)
         x_hi = max(layer.xs[-1] for layer in layers)
@@ -125,7 +171,7 @@ class BrailleChart(Widget):
                 for px, py in pts:
                     dot(px, py, index)
         styles = [self._style(layer.component) for layer in layers]
-        axis = self._style("dash-chart--axis")
+        axis = self._style("chart--axis")
         label_rows = {0: labels[0], (rows - 1) // 2: labels[1], rows - 1: labels[2]}
         strips = []
         for row in range(rows):
@@ -134,7 +180,8 @@ class BrailleChart(Widget):
             segments = [Segment(f"{label or '':>{gutter - 1}}{edge}", axis)]
             segments.extend(_cells(bits[row], owner[row], marks, row, styles, base))
             strips.append(Strip(segments, width))
-        left, mid, right = compact(x_lo, 0), compact((x_lo + x_hi) / 2, 0), compact(x_hi, 0)
+        label_x = self.data.x_format or functools.partial(compact, digits=0)
+        left, mid, right = label_x(x_lo), label_x((x_lo + x_hi) / 2), label_x(x_hi)
         axis_line = left.ljust(cols)
         at = (cols - len(mid)) // 2
         if at > len(left) + 1 and at + len(mid) < cols - len(right) - 1:
