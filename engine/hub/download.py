@@ -109,6 +109,17 @@ def _repo_folder(cache: Path, repo_id: str) -> Path:
     return cache / ("models--" + repo_id.replace("/", "--"))
 
 
+def cached_snapshot(repo_id: str, *, cache: Path | None = None) -> Path | None:
+    """The snapshot `refs/main` points at in the HF cache, if there is one (no network)."""
+    storage = _repo_folder(cache or hf_hub_cache(), repo_id)
+    try:
+        commit = (storage / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    snapshot = storage / "snapshots" / commit
+    return snapshot if commit and snapshot.is_dir() else None
+
+
 def fetch_config(repo_id: str, revision: str | None = None, *, cache: Path | None = None) -> Path:
     """Download the small files of `repo_id` (config, tokenizer) and return the snapshot
     folder. For planning a model that is on the hub only; no weights."""

@@ -148,7 +148,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def download_for_launch(args: argparse.Namespace) -> None:
     """`ftui launch --download`: fetch the model of the flags or the spec file first (a model
-    already complete on disk costs one look at the hub's file list)."""
+    already complete on disk is used as it is, without asking the hub)."""
     model = args.model
     if model is None and args.spec is not None:
         from engine.run.spec import RunSpec
@@ -161,4 +161,11 @@ def download_for_launch(args: argparse.Namespace) -> None:
         raise FtuiError("launch needs a spec file, or --model and --data", "see `ftui launch -h`")
     if Path(model).expanduser().is_dir():
         return  # a local folder: nothing to fetch
-    download_model(model, trust_remote_code=getattr(args, "trust_remote_code", False))
+    from engine.run.preflight import local_model
+
+    try:
+        local_model(model)
+        return  # whole weights on disk already: no need to ask the hub
+    except FtuiError:
+        pass
+    download_model(model)
