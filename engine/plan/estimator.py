@@ -27,7 +27,7 @@ from engine.plan.counts import (
 )
 from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.params import attached_roles, closed_form_reason, lora_saved_input_bytes
-from engine.training_config import TrainingConfig
+from engine.training_config import PREFERENCE_STAGES, TrainingConfig
 
 GIB = 1024**3
 # bitsandbytes' block sizes (the dry run's stand-ins use the same)
@@ -311,6 +311,12 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak memory per GPU for one configuration. `correction` multiplies the allocated peak
     (a measured probe's ratio, stored per setup)."""
+    if config.stage in PREFERENCE_STAGES:  # pairs, the reference pass: engine/plan/stages.py
+        from engine.plan.stages import preference_memory
+
+        return preference_memory(  # type: ignore[no-any-return]
+            arch, config, calibration, correction=correction, loss_path=loss_path
+        )
     b = DTYPE_BYTES[config.dtype]
     params = count_params(arch, config)
     states = _states(arch, config, params)
@@ -450,6 +456,10 @@ def training_flops_per_token(arch: ModelArch, config: TrainingConfig) -> float:
         flops = 4 * active + 6 * attn + 6 * params.lora
     if config.grad_ckpt:
         flops += 2 * active + 2 * attn
+    if config.stage in PREFERENCE_STAGES:  # the reference's (and KTO's KL) forwards
+        from engine.plan.stages import extra_forward_passes
+
+        flops += extra_forward_passes(config) * (2 * active + 2 * attn)
     return float(flops)
 
 

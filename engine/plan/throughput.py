@@ -26,6 +26,7 @@ from functools import lru_cache
 
 from engine.models import ModelArch
 from engine.plan.estimator import count_params, decoder_linears, lora_targets
+from engine.plan.stages import extra_forward_passes
 from engine.training_config import TrainingConfig
 from profiles import GpuProfile
 
@@ -225,8 +226,10 @@ def step_time(
     c = calibration
     s = _shape(arch, config)
     n = config.num_gpus
-    tokens = float(config.tokens_per_micro_batch)
+    # Preference pairs: chosen and rejected both go through the model.
+    tokens = float(config.tokens_per_micro_batch * config.sequences_per_sample)
     micro_batches = config.grad_accum
+    extra = extra_forward_passes(config)  # the reference's forward (and KTO's KL completions)
     full = config.method == "full"
     act_bytes = 4 if config.dtype == "fp32" or config.kbit_upcast else 2
 
@@ -238,7 +241,7 @@ def step_time(
     if full:
         backward += 2 * s.matmul_params  # weight gradients
     recompute = (2 * decoder + attn + 2 * s.lora_params) if config.grad_ckpt else 0.0
-    flops = tokens * (forward + backward + recompute)
+    flops = tokens * (forward + backward + recompute + extra * (forward - 2 * s.lora_params))
     saturation = tokens / (tokens + c.saturation_tokens)
     efficiency = c.matmul_efficiency
     rate = _tensor_tflops(gpu, config.dtype) * 1e12 * efficiency * saturation
@@ -247,13 +250,13 @@ def step_time(
     # -- memory-bound work per micro-batch --------------------------------------------------
     bandwidth = gpu.memory_bandwidth_gbs * 1e9 * c.memory_efficiency
     # forward, backward (about 1.5x the forward's traffic), recompute
-    passes = 2.5 + (1.0 if config.grad_ckpt else 0.0)
+    passes = 2.5 + (1.0 if config.grad_ckpt else 0.0) + extra
     per_token = s.layers * (
         s.elementwise_per_token * act_bytes * passes
         + s.lora_elementwise_per_token * act_bytes * passes
     )
     traffic = tokens * (per_token + s.vocab * LOGIT_BYTES)
-    weight_passes = 2.0 + (1.0 if config.grad_ckpt else 0.0)
+    weight_passes = 2.0 + (1.0 if config.grad_ckpt else 0.0) + extra
     if config.method == "qlora":
         traffic += s.stored_linear_params * DEQUANT_BYTES_PER_PARAM * weight_passes
     if s.dora_weight_params:  # W + BA and its column norm, every forward
