@@ -9,6 +9,7 @@ are twice what the adapter needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import FtuiError
@@ -29,13 +30,16 @@ def demo_model_dir() -> Path:
     return demo_dir() / f"tiny-model-v{TINY_MODEL_VERSION}"
 
 
-def ensure_demo_assets() -> tuple[Path, Path]:
-    """(model dir, dataset file), built on first use and reused after."""
+def ensure_demo_assets(
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[Path, Path]:
+    """(model dir, dataset file), built on first use and reused after; `progress(step,
+    steps, loss)` follows the tiny model's pre-training when it is built."""
     from engine.demo.tiny import build_tiny_model, write_demo_dataset
 
     model_dir = demo_model_dir()
     if not (model_dir / "model.safetensors").exists():
-        build_tiny_model(model_dir)
+        build_tiny_model(model_dir, progress=progress)
     data = demo_dir() / "secret-fruits.jsonl"
     if not data.exists():
         write_demo_dataset(data)
@@ -45,13 +49,15 @@ def ensure_demo_assets() -> tuple[Path, Path]:
 DEMO_STEPS = 300
 
 
-def demo_spec(*, max_steps: int = DEMO_STEPS) -> RunSpec:
+def demo_spec(
+    *, max_steps: int = DEMO_STEPS, progress: Callable[[int, int, float], None] | None = None
+) -> RunSpec:
     if max_steps < 1:
         raise FtuiError(
             f"the demo needs 1 training step or more (got {max_steps})",
             f"leave --steps out (default {DEMO_STEPS}) or pass e.g. --steps 120",
         )
-    model_dir, data = ensure_demo_assets()
+    model_dir, data = ensure_demo_assets(progress)
     return RunSpec(
         model="ftui-tiny",
         model_path=str(model_dir),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,13 @@ def pretrain_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
     return conversations
 
 
-def _pretrain(model: Any, tokenizer: Any, steps: int, seed: int) -> None:
+def _pretrain(
+    model: Any,
+    tokenizer: Any,
+    steps: int,
+    seed: int,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> None:
     """Teach the base the chat format with answers that hold no secret: the base then answers
     fluently ("I do not know ..."), and fine-tuning has something clear to learn.
 
@@ -204,14 +211,22 @@ def _pretrain(model: Any, tokenizer: Any, steps: int, seed: int) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if progress is not None:
+            progress(step + 1, steps, float(loss.detach()))
     model.eval()
 
 
 def build_tiny_model(
-    out_dir: Path, *, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, **overrides: Any
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    pretrain_steps: int = PRETRAIN_STEPS,
+    progress: Callable[[int, int, float], None] | None = None,
+    **overrides: Any,
 ) -> Path:
     """Write tokenizer + config + weights to `out_dir` (like a hub snapshot). The weights are
-    briefly pre-trained on CPU (~10 s on 2 cores) so the base model speaks the demo's format.
+    briefly pre-trained on CPU (~10 s on 2 cores, a minute on a busy box) so the base model
+    speaks the demo's format; `progress(step, steps, loss)` is called after each step of it.
     Seeded: the same seed gives the same weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -233,7 +248,7 @@ def build_tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32)
     if pretrain_steps:
-        _pretrain(model, tokenizer, pretrain_steps, seed)
+        _pretrain(model, tokenizer, pretrain_steps, seed, progress)
     model.generation_config.pad_token_id = ids["<|pad|>"]
     model.generation_config.eos_token_id = ids["<|end|>"]
     model.save_pretrained(out_dir)

@@ -428,13 +428,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
 # -- demo ------------------------------------------------------------------------------------
 
 
+def print_pretrain_progress(step: int, steps: int, loss: float) -> None:
+    """The tiny model's pre-training (the first demo on a machine): a line every tenth of
+    the way, readable in a terminal and in a log alike."""
+    if step == steps or step % max(1, steps // 10) == 0:
+        sys.stdout.write(f"  pre-training the tiny model: step {step}/{steps}, loss {loss:.3f}\n")
+        sys.stdout.flush()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine.demo.recipe import demo_spec
+    from engine.demo.recipe import DEMO_STEPS, demo_spec
     from engine.run.operations import launch, reconcile
     from engine.run.rundir import FINAL, JsonlTail
 
     sys.stdout.write("preparing the tiny demo model and dataset (built locally)…\n")
-    spec = demo_spec() if args.steps is None else demo_spec(max_steps=args.steps)
+    sys.stdout.flush()
+    max_steps = DEMO_STEPS if args.steps is None else args.steps
+    spec = demo_spec(max_steps=max_steps, progress=print_pretrain_progress)
     run = launch(spec)
     sys.stdout.write(f"launched {run.run_id} on CPU; training…\n")
     if not args.headless:
