@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+
+
+def source_root() -> Path:
+    """The folder that holds this ftui's `engine` package (the repository, or site-packages)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process ftui starts (supervisor, trainer, chat worker, server,
+    evaluation): unbuffered output, and this same ftui first on the import path, installed or
+    not."""
+    out = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    current = out.get("PYTHONPATH")
+    out["PYTHONPATH"] = str(source_root()) + (os.pathsep + current if current else "")
+    return out
 
 
 def ftui_home() -> Path:

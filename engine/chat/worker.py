@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from engine.chat.core import (
@@ -201,13 +200,12 @@ class ChatWorker:
 
     @classmethod
     def start(cls, target: ChatTarget, progress: ProgressCallback | None = None) -> ChatWorker:
-        import os
         import subprocess
         import sys
 
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        from engine.paths import child_env
+
+        env = child_env({"TRANSFORMERS_VERBOSITY": "error"})
         process = subprocess.Popen(
             [sys.executable, "-m", "engine.chat.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.paths import source_root
 from engine.run.spec import RunSpec
 
 TRAIN_MODULE = "engine.run.train"
@@ -210,7 +211,7 @@ def slurm_script(spec: RunSpec, run_dir: Path, *, python: str | None = None) -> 
     python = python or sys.executable
     t, d = spec.training, spec.distributed
     env = dict(build_launch(spec, run_dir, python=python).env)
-    root = str(Path(__file__).resolve().parent.parent.parent)
+    root = str(source_root())
     lines = [
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name=ftui-{run_dir.name}",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
+from engine.paths import child_env
 from engine.run.launch import build_launch
 from engine.run.processes import (
     create_time,
@@ -40,11 +41,7 @@ _PROCESS_KEYS = ("supervisor_pid", "supervisor_create_time", "launcher_pid", "pg
 def start_supervisor(run: RunDir, *extra_args: str) -> int:
     """Start the detached supervisor of `run`; returns its pid at once. The caller holds the
     run's operation lock."""
-    command_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # The supervisor and the trainer must import this same ftui, installed or not.
-    root = str(Path(__file__).resolve().parent.parent)
-    current = command_env.get("PYTHONPATH")
-    command_env["PYTHONPATH"] = root + (os.pathsep + current if current else "")
+    command_env = child_env()  # the supervisor and the trainer import this same ftui
     log = (run.path / "supervisor.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.run.supervisor", "--run-dir", str(run.path), *extra_args],

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
+from engine.paths import child_env
 from engine.run.rundir import RunDir
 from engine.serve.options import KEY_ENV, ServeOptions, check_options
 from engine.serve.state import ServeDir, live_server, status_of
@@ -61,11 +61,7 @@ def _importable(module: str) -> bool:
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-    root = str(Path(__file__).resolve().parent.parent.parent)  # this same ftui, installed or not
-    current = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = root + (os.pathsep + current if current else "")
-    return env
+    return child_env(extra)
 
 
 def _start(run: RunDir, argv: list[str], env: dict[str, str], options: ServeOptions) -> int:
