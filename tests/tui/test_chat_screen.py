@@ -332,3 +332,10 @@ async def test_the_compare_picker_hides_switches_and_reverts_on_failure(tmp_path
         screen.query_one("#chat-checkpoint", Select).value = "checkpoint-40"
         await until(pilot, lambda: bool(pilot.app._notifications), "the failure notice")
         assert screen.columns[0].variant == "final"
+
+
+def test_chat_snapshot_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    screen = ChatScreen(
+        fake_run(tmp_path), compare="base", engine_factory=fake_factory(FakeEngine())
+    )
+    assert snap_compare(ChatTestApp(screen), terminal_size=(80, 24), run_before=_snapshot_setup)

@@ -307,3 +307,12 @@ def test_runs_screen_snapshot(three_runs: Path, snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(runs_app(), terminal_size=(120, 40), run_before=settle)
+
+
+def test_runs_screen_snapshot_80x24(three_runs: Path, snap_compare: Any) -> None:
+    async def settle(pilot: Any) -> None:
+        screen = await open_runs(pilot)
+        select(screen, "llama-full-completed")
+        await pilot.pause()
+
+    assert snap_compare(runs_app(), terminal_size=(80, 24), run_before=settle)

@@ -105,7 +105,7 @@ class RunsScreen(Screen[None]):
         Binding("u", "resume", "Resume"),
         Binding("d", "delete", "Delete"),
         Binding("space", "mark", "Mark"),
-        Binding("c", "compare", "Compare marked"),
+        Binding("c", "compare", "Compare"),
         Binding("slash", "filter", "Filter"),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
