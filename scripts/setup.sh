@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet "torch==${FTUI_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install --quiet -e ".[train,serve,dev]"
+.venv/bin/python -m pip install --quiet -e ".[train,eval,serve,dev]"
 echo "ftui is installed: run .venv/bin/ftui (or activate with: source .venv/bin/activate)"

@@ -12,6 +12,7 @@ reported once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class MetricsStore:
         self.loss = series()
         self.loss_smooth = series()
         self.eval_loss = series()
+        self.eval_perplexity = series()  # exp(eval_loss): what the eval loss means per token
         self.lr = series()
         self.grad_norm = series()
         self.tokens_per_s = series()
@@ -259,6 +261,9 @@ class MetricsStore:
             value = num(record.get(key))
             if value is not None:
                 series.append(x, value)
+        eval_loss = num(record.get("eval_loss"))
+        if eval_loss is not None and eval_loss < 700:  # exp overflows a float above ~709
+            self.eval_perplexity.append(x, math.exp(eval_loss))
 
     def add_gpu(self, record: dict[str, Any]) -> None:
         t = num(record.get("t"))
@@ -354,6 +359,7 @@ class MetricsStore:
             self.loss,
             self.loss_smooth,
             self.eval_loss,
+            self.eval_perplexity,
             self.lr,
             self.grad_norm,
             self.tokens_per_s,

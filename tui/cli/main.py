@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_chat_parsers(sub)
+    from tui.cli.eval import add_eval_parser
+
+    add_eval_parser(sub)
 
     from tui.cli.serve import add_serve_parsers
 

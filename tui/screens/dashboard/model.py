@@ -71,6 +71,7 @@ class DashFrame:
     tokens_hist: list[float]
     loss_chart: ChartData
     lr_chart: ChartData
+    perplexity_chart: ChartData  # empty (and hidden) when the run has no eval split
     gpus: list[GpuView]
     plan_device_gib: float | None
     plan_allocated_gib: float | None
@@ -138,6 +139,10 @@ def build_frame(
     lr_chart = _chart(
         [(store.lr, "line", "chart--line", 2 * width)],
         store.lr.version + width * 1_000_003,
+    )
+    perplexity_chart = _chart(
+        [(store.eval_perplexity, "line", "chart--line", 2 * width)],
+        store.eval_perplexity.version + width * 1_000_003,
     )
     plan = store.plan
     plan_device = _number(plan.get("device_gib"))
@@ -210,6 +215,7 @@ def build_frame(
         tokens_hist=store.tokens_per_s.tail_values(2 * spark_width),
         loss_chart=loss_chart,
         lr_chart=lr_chart,
+        perplexity_chart=perplexity_chart,
         gpus=gpus,
         plan_device_gib=plan_device,
         plan_allocated_gib=_number(plan.get("allocated_gib")),

@@ -147,6 +147,7 @@ class DashboardScreen(Screen[None]):
                 yield BrailleChart(id="dash-loss")
                 with Horizontal(id="dash-small-charts"):  # side by side: each keeps its height
                     yield BrailleChart(id="dash-lr")
+                    yield BrailleChart(id="dash-ppl")
             with VerticalScroll(id="dash-gpus"):
                 yield Static("", id="dash-gpu-note")
         with Horizontal(id="dash-bottom"):
@@ -160,6 +161,8 @@ class DashboardScreen(Screen[None]):
         self._header = self.query_one(RunHeader)
         self._loss = self.query_one("#dash-loss", BrailleChart)
         self._lr = self.query_one("#dash-lr", BrailleChart)
+        self._ppl = self.query_one("#dash-ppl", BrailleChart)
+        self._ppl.display = False  # shown once the run has evaluated
         self._events = self.query_one("#dash-events", EventList)
         self._log = self.query_one("#dash-log", Log)
         self._gpu_box = self.query_one("#dash-gpus", VerticalScroll)
@@ -167,6 +170,7 @@ class DashboardScreen(Screen[None]):
         self._loss.border_title = "loss"
         self._loss.border_subtitle = "⠂ train  ⠉ smoothed  ◆ eval"
         self._lr.border_title = "learning rate"
+        self._ppl.border_title = "eval perplexity"
         self._events.border_title = "events"
         self._log.border_title = "stdout.log"
         self._gpu_box.border_title = "GPUs"
@@ -261,6 +265,8 @@ class DashboardScreen(Screen[None]):
         self._header.show(frame)
         self._loss.show(frame.loss_chart)
         self._lr.show(frame.lr_chart)
+        self._ppl.display = bool(frame.perplexity_chart.layers)
+        self._ppl.show(frame.perplexity_chart)
         self._show_gpus(frame)
         self._events.show(frame.events)
         self._notify(frame.alerts)
