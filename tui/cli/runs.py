@@ -320,13 +320,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not infos:
         sys.stdout.write("no runs yet: try `ftui demo`\n")
         return 0
-    columns = ("run", "status", "age", "progress", "loss", "GPUs", "model")
+    columns = ("run", "status", "age", "progress", "loss", "GPUs", "model", "eval")
     rows = []
     for i in infos:
         progress = f"{i.step}/{i.max_steps}" if i.step is not None and i.max_steps else "-"
         loss = f"{i.loss:.4f}" if isinstance(i.loss, (int, float)) else "-"
         rows.append((i.run_id, i.label, _age(i.created_at), progress, loss, str(i.num_gpus),
-                     f"{i.model} ({i.method})"))  # fmt: skip
+                     f"{i.model} ({i.method})", _eval_label(i.eval)))  # fmt: skip
     if not sys.stdout.isatty():
         # Piped into a script: whole values, never cut to a terminal's width.
         widths = [max(len(r[c]) for r in [columns, *rows]) for c in range(len(columns))]
@@ -346,6 +346,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_label(summary: dict[str, Any] | None) -> str:
+    """The latest `ftui eval`: its best checkpoint and that checkpoint's perplexity."""
+    summary = summary or {}
+    ppl = summary.get("perplexity")
+    if not isinstance(ppl, (int, float)):
+        return "-"
+    return f"best {summary.get('best')}, perplexity {ppl:.3g}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.run.operations import reconcile, run_info
     from engine.run.rundir import find_run
@@ -363,6 +372,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  progress {info.step}/{info.max_steps}, last loss {info.loss}",
         f"  checkpoints: {', '.join(checkpoints) or 'none'}",
     ]
+    if info.eval:
+        out.append(f"  eval: {_eval_label(info.eval)} (`ftui eval {info.run_id} --status`)")
     if state.get("note"):
         out.append(f"  note: {state['note']}")
     for line in state.get("log_tail", [])[-5:] if state.get("status") == "failed" else []:
