@@ -137,6 +137,7 @@ def fetch_config(repo_id: str, revision: str | None = None, *, cache: Path | Non
                 revision=revision,
                 cache_dir=str(cache or hf_hub_cache()),
                 allow_patterns=list(SMALL_FILES),
+                endpoint=endpoint(),
             )
         )
     if not (folder / "config.json").is_file():
@@ -189,7 +190,8 @@ def plan_download(
     cache = cache or hf_hub_cache()
     wanted = revision or "main"
     with hub_errors(repo_id, wanted):
-        info = HfApi().model_info(repo_id, revision=wanted, files_metadata=True)
+        # The endpoint is read now, not when the library was first imported (a TUI lives long).
+        info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=wanted, files_metadata=True)
         files = [RepoFile(s.rfilename, int(s.size or 0)) for s in info.siblings or []]
         etags = {
             s.rfilename: (s.lfs.sha256 if s.lfs is not None else str(s.blob_id))
@@ -206,14 +208,18 @@ def plan_download(
             ) from exc
         if any(f.path == "config.json" for f in selection.files):
             config_path = hf_hub_download(
-                repo_id, "config.json", revision=commit, cache_dir=str(cache)
+                repo_id, "config.json", revision=commit, cache_dir=str(cache), endpoint=endpoint()
             )
             config = json.loads(Path(config_path).read_text(encoding="utf-8"))
             refuse_remote_code(repo_id, config, trusted=trust_remote_code)
         if selection.index is not None:
             # The index names the shards: anything else at the top level is a duplicate.
             index_path = hf_hub_download(
-                repo_id, selection.index, revision=commit, cache_dir=str(cache)
+                repo_id,
+                selection.index,
+                revision=commit,
+                cache_dir=str(cache),
+                endpoint=endpoint(),
             )
             weight_map = json.loads(Path(index_path).read_text(encoding="utf-8"))["weight_map"]
             selection = select_files(
@@ -343,6 +349,7 @@ def download(plan: DownloadPlan, on_progress: ProgressCallback | None = None) ->
                     f.path,
                     revision=plan.commit,
                     cache_dir=str(plan.cache),
+                    endpoint=endpoint(),
                     tqdm_class=bar,  # type: ignore[arg-type]
                 )
                 counter.add(0)
@@ -380,8 +387,8 @@ def _fetch_blob(plan: DownloadPlan, f: RepoFile, bar: type[_Silent]) -> None:
         build_hf_headers,
     )
 
-    url = hf_hub_url(plan.repo_id, f.path, revision=plan.commit)
-    meta = get_hf_file_metadata(url)
+    url = hf_hub_url(plan.repo_id, f.path, revision=plan.commit, endpoint=endpoint())
+    meta = get_hf_file_metadata(url, endpoint=endpoint())
     if meta.xet_file_data is not None and _xet_available():
         return  # hf_hub_download's Xet path, which resumes through hf_xet's chunk cache
     if not meta.etag:

@@ -33,7 +33,7 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False, message: s
     check_push_target(repo_id)
     from huggingface_hub import HfApi
 
-    api = HfApi()
+    api = HfApi(endpoint=endpoint())
     with hub_errors(repo_id, "push"):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(

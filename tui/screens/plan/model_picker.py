@@ -148,8 +148,8 @@ def resolve_choice(choice: ModelChoice) -> ModelArch:
     arch = resolve_model(choice.path)
     if choice.source == "hf-cache":
         arch = dataclasses.replace(arch, name=choice.name, source="hf-cache", hf_id=choice.hf_id)
-    else:
-        arch = dataclasses.replace(arch, name=choice.name)
+    else:  # a folder; one fetched from the hub keeps its id (download, spec name)
+        arch = dataclasses.replace(arch, name=choice.name, hf_id=choice.hf_id or arch.hf_id)
     return arch
 
 

@@ -56,6 +56,7 @@ from engine.plan.planner import (
 from engine.run.spec import RunSpec
 from engine.training_config import ConfigError, TrainingConfig
 from tui.screens.plan.dataset import DatasetPanel
+from tui.screens.plan.hub import HubPanel, is_hub_name
 from tui.screens.plan.keys import route_typing
 from tui.screens.plan.knobs import KnobsPanel, check_seq_len
 from tui.screens.plan.launching import LaunchActions
@@ -102,6 +103,7 @@ class PlanWizardScreen(LaunchActions):
         Binding("ctrl+w", "save_spec", "Save spec", priority=True),
         Binding("ctrl+l", "launch", "Launch", priority=True),
         Binding("ctrl+t", "toggle_tab", "Plan/Spec", priority=True),
+        Binding("ctrl+g", "download_weights", "Download", priority=True),  # shown when offered
     ]
 
     def __init__(
@@ -136,6 +138,7 @@ class PlanWizardScreen(LaunchActions):
                     section.border_title = "1 · Model"
                     yield ModelPicker(id="model-picker")
                     yield Static("", id="model-chosen")
+                    yield HubPanel(id="hub-panel")
                 with Vertical(id="sec-data", classes="wizard-section") as section:
                     section.border_title = "2 · Dataset"
                     yield DatasetPanel(id="dataset")
@@ -173,6 +176,8 @@ class PlanWizardScreen(LaunchActions):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "other_pane":
             return self.has_class("-narrow")
+        if action == "download_weights":
+            return self.query_one(HubPanel).ready
         return True
 
     def action_other_pane(self) -> None:
@@ -213,6 +218,9 @@ class PlanWizardScreen(LaunchActions):
     # -- the model -------------------------------------------------------------------------------
     def _pick_named(self, name: str) -> None:
         choice = self.query_one(ModelPicker).choice_named(name)
+        if choice is None and is_hub_name(name):
+            self.query_one(HubPanel).resolve(name)  # the hub may be slow: in a worker
+            return
         if choice is None:
             from engine.models import resolve_model
 
@@ -222,6 +230,23 @@ class PlanWizardScreen(LaunchActions):
                 self._show_model_error(error)
                 return
         self._use_choice(choice)
+
+    def on_hub_panel_resolved(self, message: HubPanel.Resolved) -> None:
+        if message.arch is None:
+            self.query_one(HubPanel).hide()
+            self._show_model_error(message.error or FtuiError(f"cannot fetch {message.name}"))
+            return
+        self._use_choice(choice_from_arch(message.arch))
+
+    def on_hub_panel_downloaded(self, message: HubPanel.Downloaded) -> None:
+        self.query_one(ModelPicker).scan_cache()  # a profile finds its weights there
+        self._show_chosen()
+        self._refresh_spec()
+        self._refresh_readiness()
+
+    def action_download_weights(self) -> None:
+        if not self.query_one(HubPanel).start():
+            self.notify("nothing to download: the weights are here, or the hub said no")
 
     def on_model_picker_picked(self, message: ModelPicker.Picked) -> None:
         self._use_choice(message.choice)
@@ -243,11 +268,17 @@ class PlanWizardScreen(LaunchActions):
         if arch is None:
             return
         params = count_params(arch).total
+        hub = self.query_one(HubPanel)
         try:
             _name, path = self.local_model()
             weights = Text(f" · weights at {path}", style="green")
+            hub.hide()
         except FtuiError:
             weights = Text(" · weights not on this machine (plan only)", style="yellow")
+            if arch.hf_id:
+                hub.show_missing(arch.hf_id)
+            else:
+                hub.hide()
         line = Text()
         line.append(arch.name, "bold")
         line.append(f" · {arch.model_type} · {params / 1e9:.2f}B parameters · {arch.source}")
