@@ -99,11 +99,10 @@ def _measure(
         if sample.text is not None:
             plain.append(sample)
             continue
-        sequences = (
-            [sample.turns]
-            if sample.chosen is None
-            else [sample.turns + sample.chosen, sample.turns + (sample.rejected or [])]
-        )
+        if sample.chosen is not None:
+            sequences = [sample.turns + sample.chosen, sample.turns + (sample.rejected or [])]
+        else:  # a chat sample, or kto's prompt + completion
+            sequences = [sample.turns + (sample.completion or [])]
         try:
             rendered = [_render_checked(render, seq)[0] for seq in sequences]
         except InvalidRecordError as exc:
@@ -169,9 +168,11 @@ def _report(
         )
     if loaded.format == "preference":
         notes.append(
-            "preference pairs: lengths are prompt + the longer of chosen/rejected; SFT training "
-            "on them is not supported yet"
+            "preference pairs: lengths are prompt + the longer of chosen/rejected; they train "
+            "with --stage dpo, orpo, simpo or kto"
         )
+    if loaded.format == "kto":
+        notes.append("judged answers (completion/label): they train with --stage kto")
     longest = None
     if samples:
         k = max(range(len(samples)), key=lambda i: lengths[i])
@@ -222,8 +223,11 @@ def check_dataset(
     fmt: str = "auto",
     tokenizer: Any = None,
     seq_len: int | None = None,
+    max_prompt_len: int | None = None,
 ) -> DataReport:
-    """Read and validate a dataset; token lengths measured with `tokenizer` or estimated."""
+    """Read and validate a dataset; token lengths measured with `tokenizer` or estimated.
+    Preference data also get `report.preference` (pairs, identical pairs, prompts over
+    `max_prompt_len`, default half of `seq_len`, the truncation share of each side)."""
     _check_seq_len(seq_len)
     loaded = load_samples(path, fmt=fmt)
     if tokenizer is None:
@@ -233,9 +237,18 @@ def check_dataset(
         fallback = False
     else:
         samples, lengths, extra, fallback = _measure(loaded.samples, tokenizer)
-    return _report(
+    report = _report(
         loaded, samples, lengths, extra, seq_len=seq_len, tokenizer=tokenizer, fallback=fallback
     )
+    if loaded.format in ("preference", "kto"):
+        from engine.data.preference import preference_summary
+
+        if max_prompt_len is None and seq_len is not None:
+            max_prompt_len = max(1, seq_len // 2)  # the launch's default
+        report.preference = preference_summary(
+            samples, tokenizer, seq_len=seq_len, max_prompt_len=max_prompt_len
+        )
+    return report
 
 
 def load_tokenizer(model: str) -> tuple[Any, str | None]:

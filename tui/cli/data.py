@@ -161,6 +161,9 @@ def print_data_report(report: Any, console: Any = None) -> None:
         if more > 0:
             console.print(Text(f"… {more} more (--json lists every one)", style="dim"))
 
+    if report.preference:
+        console.print(Text("\n" + preference_line(report.preference)))
+
     if report.notes:
         console.print()
         for note in report.notes:
@@ -194,3 +197,24 @@ def _location(item: dict[str, Any], report: Any) -> str:
     if len(report.files) > 1:
         spot = f"{item['file']} {spot}"
     return spot
+
+
+def preference_line(summary: dict[str, Any]) -> str:
+    """Pairs (or judged answers), identical pairs, long prompts, truncation of each side."""
+    parts = []
+    if "pairs" in summary:
+        parts.append(f"{summary['pairs']} pairs, {summary['identical']} with chosen = rejected")
+    if "desirable" in summary:
+        parts.append(
+            f"{summary['desirable']} desirable, {summary['undesirable']} undesirable answers"
+        )
+    if "long_prompts" in summary:
+        parts.append(
+            f"{summary['long_prompts']} prompts over {summary['max_prompt_len']} tokens (cut to "
+            "their end)"
+        )
+    for side in ("chosen", "rejected", "completion"):
+        share = summary.get(f"truncated_{side}_share")
+        if share is not None:
+            parts.append(f"{side} truncated at {summary['seq_len']}: {share:.0%}")
+    return "preference: " + "; ".join(parts)

@@ -1,0 +1,120 @@
+"""The training stages without training: preference data (real LLaMA-Factory pairs, KTO's
+unpaired layout), the spec's stage fields, the pre-flight's tracker check, and what the planner
+counts for each stage."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.data import check_dataset, load_samples
+from engine.errors import FtuiError
+from engine.models import resolve_model
+from engine.plan.estimator import estimate_memory
+from engine.plan.throughput import tokens_per_s
+from engine.run.spec import RunSpec, SpecError
+from engine.training_config import ConfigError, TrainingConfig
+from profiles import gpu_profiles
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@pytest.fixture
+def dpo_en(tmp_path: Path) -> Path:
+    out = tmp_path / "dpo_en.json"
+    out.write_bytes(gzip.decompress((DATA / "stages" / "dpo_en.json.gz").read_bytes()))
+    return out
+
+
+def test_llama_factory_pairs_are_read_and_summarised(dpo_en: Path) -> None:
+    report = check_dataset(dpo_en, seq_len=512)
+    assert report.format == "preference" and report.valid == 12 and not report.invalid
+    summary = report.preference
+    assert summary is not None
+    assert summary["pairs"] == 12 and summary["identical"] == 0
+    assert summary["max_prompt_len"] == 256  # half the sequence length by default
+    # these answers run to thousands of characters: most are cut at 512 tokens
+    assert 0.3 < summary["truncated_chosen_share"] <= 1.0
+    assert 0.0 <= summary["truncated_rejected_share"] <= 1.0
+
+
+def test_identical_pairs_and_long_prompts_are_counted(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "word " * 300, "chosen": "yes", "rejected": "no"},
+        {"prompt": "Which?", "chosen": "the same", "rejected": "the same"},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    summary = check_dataset(path, seq_len=128).preference
+    assert summary is not None
+    assert summary["identical"] == 1 and summary["long_prompts"] == 1
+
+
+def test_kto_records_and_their_label(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "Is the sky green?", "completion": "No, blue.", "label": True},
+        {"prompt": [{"role": "user", "content": "2+2?"}], "completion": "5", "label": False},
+        {"prompt": "Hi", "completion": "Hello", "label": "maybe"},
+    ]
+    path = tmp_path / "kto.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    loaded = load_samples(path)
+    assert loaded.format == "kto" and len(loaded.samples) == 2
+    assert [s.label for s in loaded.samples] == [True, False]
+    assert "label" in loaded.invalid[0].reason and loaded.invalid[0].line == 3
+    summary = check_dataset(path, seq_len=64).preference
+    assert summary is not None and (summary["desirable"], summary["undesirable"]) == (1, 1)
+
+
+def test_spec_stage_fields_and_old_run_folders() -> None:
+    old = RunSpec.from_dict({"model": "m", "data": "d", "mode": "pretrain"})
+    assert old.stage == "pretrain" and old.mode == "pretrain"
+    assert RunSpec.from_yaml(old.to_yaml()) == old and "mode" not in old.to_dict()
+    with pytest.raises(SpecError, match="disagree"):
+        RunSpec.from_dict({"model": "m", "data": "d", "mode": "sft",
+                           "training": {"stage": "dpo"}})  # fmt: skip
+    with pytest.raises(SpecError, match=r"preference\.loss_type"):
+        RunSpec.from_dict(
+            {"model": "m", "data": "d", "training": {"stage": "dpo"},
+             "preference": {"loss_type": "kto"}}
+        )  # fmt: skip
+    with pytest.raises(SpecError, match="scratch"):
+        RunSpec(model="m", data="d", init="scratch").validate()  # sft from random weights
+    with pytest.raises(ConfigError, match="--batch 2"):
+        TrainingConfig(stage="kto", batch=1).validate()
+
+
+def test_a_tracker_without_its_package_is_one_message() -> None:
+    from engine.run.preflight import check_tracker
+
+    check_tracker("none")
+    check_tracker("tensorboard")  # installed with the dev tools
+    with pytest.raises(FtuiError, match="wandb package is not installed"):
+        check_tracker("wandb")
+
+
+def test_the_planner_counts_pairs_and_the_reference() -> None:
+    arch = resolve_model("llama-3.1-8b")
+    lora = TrainingConfig(method="lora", batch=2, seq_len=2048, grad_ckpt=True)
+    sft = estimate_memory(arch, lora)
+    dpo = estimate_memory(arch, lora.with_changes(stage="dpo"))
+    orpo = estimate_memory(arch, lora.with_changes(stage="orpo"))
+    # chosen + rejected: ORPO holds what SFT holds for twice the sequences
+    assert orpo.allocated_bytes > sft.allocated_bytes
+    assert orpo.allocated_bytes == estimate_memory(arch, lora.with_changes(batch=4)).allocated_bytes
+    # DPO's log-probs come in chunks (no full logits): its peak is below ORPO's
+    assert dpo.breakdown["logits_and_loss"] == 0 and dpo.allocated_bytes < orpo.allocated_bytes
+    assert "reference_forward" in dpo.phase_bytes and "reference_forward" not in orpo.phase_bytes
+    assert any("adapters disabled" in n for n in dpo.notes)
+    full = TrainingConfig(method="full", batch=1, seq_len=1024, grad_ckpt=True)
+    copy = estimate_memory(arch, full.with_changes(stage="dpo"))
+    pre = estimate_memory(arch, full.with_changes(stage="dpo", reference="precompute"))
+    weights = copy.params.total * 2
+    assert copy.breakdown["reference_weights"] == weights
+    assert copy.allocated_bytes - pre.allocated_bytes >= 0.9 * weights
+    gpu = next(g for g in gpu_profiles() if g.id == "h100")
+    pair_speed = tokens_per_s(arch, lora.with_changes(stage="dpo"), gpu)
+    assert pair_speed < tokens_per_s(arch, lora.with_changes(stage="simpo"), gpu)
