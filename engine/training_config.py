@@ -11,7 +11,19 @@ from typing import Any
 
 from engine.errors import FtuiError
 
-METHODS = ("full", "lora", "qlora")
+# full / lora / qlora are what the planner's `auto` chooses among; the others are trained when
+# asked (engine/run/adapters.py builds them, engine/plan/methods.py sizes them).
+PLANNED_METHODS = ("full", "lora", "qlora")
+# Prompt learning: trained virtual tokens (prefix: keys/values in every layer; prompt: input
+# embeddings; ptuning: embeddings from a small encoder); llama-adapter: PEFT's adaption prompt.
+PROMPT_METHODS = ("prefix", "prompt", "ptuning", "llama-adapter")
+# Some of the model's own weights train, the rest stay frozen; the result is a whole model.
+PARTIAL_METHODS = ("bias", "freeze")
+METHODS = (*PLANNED_METHODS, *PROMPT_METHODS, "ia3", *PARTIAL_METHODS)
+# Methods whose result is a PEFT adapter folder (adapter_config.json) on the frozen base.
+ADAPTER_METHODS = ("lora", "qlora", *PROMPT_METHODS, "ia3")
+LORA_INITS = ("default", "pissa", "olora", "gaussian")
+BASE_BITS = (16, 8)  # 8: LoRA on an LLM.int8 base (QLoRA's 4 is --method qlora)
 # What a run trains for: next-token pre-training, supervised fine-tuning, or a preference
 # objective (TRL's trainers). DPO and KTO compare with a reference model; ORPO and SimPO do not.
 STAGES = ("pretrain", "sft", "dpo", "orpo", "kto", "simpo")
@@ -72,6 +84,14 @@ class TrainingConfig:
     sharding: str = "none"
     offload: str = "none"
     reference: str = "auto"  # DPO/KTO: see REFERENCES
+    # -- the PEFT family beyond LoRA (engine/run/adapters.py) --
+    virtual_tokens: int = 20  # prefix / prompt / ptuning / llama-adapter
+    trainable_layers: int = 2  # freeze: the last N decoder layers train
+    train_embeddings: bool = False  # freeze: embeddings and lm_head train too
+    rslora: bool = False  # LoRA scaled by alpha/sqrt(r) instead of alpha/r
+    lora_init: str = "default"  # LORA_INITS: pissa/olora start from the weights' SVD/QR
+    lora_plus_ratio: float = 0.0  # LoRA+: B's learning rate = ratio x A's (0: off)
+    base_bits: int = 16  # 8: LoRA on an LLM.int8 base
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -102,7 +122,17 @@ class TrainingConfig:
 
     @property
     def is_peft(self) -> bool:
+        """The LoRA family (LoRA, DoRA, QLoRA, 8-bit base): low-rank adapters on linear layers."""
         return self.method in ("lora", "qlora")
+
+    @property
+    def saves_adapter(self) -> bool:
+        """The result is a PEFT adapter folder, not a whole model."""
+        return self.method in ADAPTER_METHODS
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        return self.method in PROMPT_METHODS
 
     @property
     def expanded_targets(self) -> tuple[str, ...]:
@@ -164,6 +194,7 @@ class TrainingConfig:
                 )
             if not self.targets:
                 raise ConfigError("--targets is empty", "use all-linear or e.g. q_proj,v_proj")
+        self._validate_family()
         if self.dora and not self.is_peft:
             raise ConfigError("--dora needs --method lora or qlora", "drop --dora or use LoRA")
         if self.method == "qlora":
@@ -201,3 +232,64 @@ class TrainingConfig:
                 "use adamw_torch with sharding, or drop --sharding",
             )
         return self
+
+    def _validate_family(self) -> None:
+        """The PEFT family's knobs: each belongs to its methods."""
+        if self.lora_init not in LORA_INITS:
+            raise ConfigError(
+                f"--init {self.lora_init!r} is not a LoRA initialisation",
+                f"use one of: {', '.join(LORA_INITS[1:])}",
+            )
+        lora_only = {
+            "--rslora": self.rslora,
+            f"--init {self.lora_init}": self.lora_init != "default",
+            "--lora-plus-ratio": self.lora_plus_ratio != 0.0,
+            "--base-bits 8": self.base_bits == 8,
+        }
+        for flag, given in lora_only.items():
+            if given and not self.is_peft:
+                raise ConfigError(
+                    f"{flag} is a LoRA option: --method {self.method} has no LoRA matrices",
+                    f"use --method lora (or qlora), or drop {flag}",
+                )
+        if self.base_bits not in BASE_BITS:
+            fix = "use --method qlora for a 4-bit base" if self.base_bits == 4 else "8 or 16"
+            raise ConfigError(f"--base-bits {self.base_bits} is not 16 or 8", fix)
+        if self.base_bits == 8 and self.method == "qlora":
+            raise ConfigError(
+                "--base-bits 8 with --method qlora: QLoRA's base is 4-bit",
+                "use --method lora --base-bits 8, or --method qlora alone",
+            )
+        if not self.lora_plus_ratio >= 0:
+            raise ConfigError(
+                f"--lora-plus-ratio {self.lora_plus_ratio} is not a ratio of 0 or more",
+                "use 16 (the LoRA+ paper's value), or 0 for plain LoRA",
+            )
+        if self.lora_init in ("pissa", "olora") and (self.method == "qlora" or self.base_bits == 8):
+            raise ConfigError(
+                f"--init {self.lora_init} decomposes the base's full-precision weights: "
+                "a quantised base has none",
+                f"use --method lora --init {self.lora_init} on a 16-bit base",
+            )
+        if self.is_prompt_learning and self.virtual_tokens < 1:
+            raise ConfigError(
+                f"--virtual-tokens must be at least 1 for {self.method} "
+                f"(got {self.virtual_tokens})",
+                "e.g. --virtual-tokens 20",
+            )
+        if self.method == "freeze" and self.trainable_layers < 1:
+            raise ConfigError(
+                f"--trainable-layers must be at least 1 (got {self.trainable_layers})",
+                "e.g. --trainable-layers 2 (the last two decoder layers train)",
+            )
+        if self.method not in PLANNED_METHODS and self.stage not in ("sft", "pretrain"):
+            raise ConfigError(
+                f"--method {self.method} trains with --stage sft or pretrain, not {self.stage}",
+                "use --method lora (or full / qlora) for a preference stage",
+            )
+        if self.method not in PLANNED_METHODS and self.sharding != "none":
+            raise ConfigError(
+                f"--method {self.method} is set up for one process's model: "
+                f"--sharding {self.sharding} is not",
+                "drop --sharding (or use --method lora / full / qlora)",
+            )

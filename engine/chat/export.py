@@ -38,6 +38,7 @@ from engine.chat import (
     run_base_model,
 )
 from engine.run.rundir import JsonlTail, RunDir, read_json
+from engine.training_config import PARTIAL_METHODS
 
 # Trainer checkpoints hold optimizer state and the like: only these travel with a full model.
 FULL_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
@@ -301,6 +302,20 @@ def _install(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def check_mergeable(adapter_dir: Path) -> None:
+    """Refuse --merge for an adapter that changes no weight (prompt learning, llama-adapter)."""
+    from engine.plan.methods import MERGE_REFUSALS, PEFT_TYPE_METHODS
+
+    peft_type = str(read_json(adapter_dir / "adapter_config.json").get("peft_type") or "LORA")
+    method = PEFT_TYPE_METHODS.get(peft_type)
+    if method in MERGE_REFUSALS:
+        raise ChatError(
+            f"--merge: {MERGE_REFUSALS[method]}, so there is nothing to fold into the base",
+            "export without --merge (the adapter loads on the base with PEFT), or train "
+            "--method lora / ia3 for a mergeable result",
+        )
+
+
 def export_run(
     run: RunDir,
     out_dir: Path,
@@ -320,6 +335,11 @@ def export_run(
     training = spec.get("training") or {}
     is_adapter = (ref.path / "adapter_config.json").is_file()
     kind = ("merged" if merge else "adapter") if is_adapter else "full"
+    if kind == "merged":
+        check_mergeable(ref.path)
+    method = str(training.get("method") or "")
+    if kind == "full" and merge and method in PARTIAL_METHODS:
+        merge = False  # bias / freeze trained the model's own weights: already whole
     if kind == "full" and merge:
         raise ChatError(
             f"run {run.run_id} is a full fine-tune: there is no adapter to merge",

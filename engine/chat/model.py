@@ -35,6 +35,10 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# Base models loaded by this process: one per chat, however many adapters sit on it.
+BASE_LOADS = {"count": 0}
+
+
 def _load_base(target: ChatTarget, device: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -65,6 +69,7 @@ def _load_base(target: ChatTarget, device: str) -> Any:
             "check the directory" if local else f"download it: hf download {target.base_model}",
         ) from exc
     model.eval()
+    BASE_LOADS["count"] += 1
     return model
 
 

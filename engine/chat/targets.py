@@ -25,7 +25,7 @@ class ChatTarget:
     adapters: tuple[AdapterRef, ...]  # the first one answers by default
     tokenizer_source: str
     label: str  # what the user chats with, for titles: the run id or the model's name
-    method: str = "lora"  # lora, qlora, full
+    method: str = "lora"  # lora, qlora, full, or another of the PEFT family
     dtype: str = "bf16"  # compute dtype on a GPU (the CPU computes in fp32)
     device: str = "auto"  # auto, cuda, cpu
     run: RunDir | None = None
@@ -203,6 +203,79 @@ def adapter_target(
     tokenizer = str(path) if _has_tokenizer(path) else base
     return ChatTarget(base, (AdapterRef("adapter", path),), tokenizer, path.name,
                       method, dtype, device, None, compare)  # fmt: skip
+
+
+def adapter_kind(path: Path) -> str:
+    """PEFT's name of the adapter's type (LORA, PREFIX_TUNING, IA3, ...)."""
+    return str(read_json(path / "adapter_config.json").get("peft_type") or "LORA")
+
+
+def adapters_target(
+    refs: list[str], *, device: str = "auto", compare: str | None = None
+) -> ChatTarget:
+    """What `ftui chat --adapters RUN[:CKPT],RUN[:CKPT]...` loads: one base, each run's
+    adapter on it under the run's id (`RUN-checkpoint-N` for a checkpoint)."""
+    from engine.run.rundir import find_run
+
+    if len(refs) < 1 or not all(r.strip() for r in refs):
+        raise ChatError("--adapters is empty", "e.g. --adapters RUN_A,RUN_B:checkpoint-200")
+    loaded: list[AdapterRef] = []
+    bases: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    first_run: RunDir | None = None
+    method, dtype = "lora", "bf16"
+    for ref in refs:
+        run_ref, _, checkpoint = ref.strip().partition(":")
+        run = find_run(run_ref)
+        chosen = resolve_checkpoint(run, checkpoint or None)
+        if not (chosen.path / "adapter_config.json").is_file():
+            raise ChatError(
+                f"run {run.run_id} trained the whole model ({chosen.name} holds no adapter)",
+                f"chat with it on its own: ftui chat {run.run_id}",
+            )
+        name = run.run_id if chosen.name == FINAL else f"{run.run_id}-{chosen.name}"
+        if any(a.name == name for a in loaded):
+            raise ChatError(f"--adapters names {name} twice", "name each adapter once")
+        loaded.append(AdapterRef(name, chosen.path))
+        base = run_base_model(run, chosen.path)
+        bases[name] = str(Path(base).resolve()) if Path(base).is_dir() else base
+        kinds[name] = adapter_kind(chosen.path)
+        if first_run is None:
+            first_run = run
+            training = read_spec(run).get("training") or {}
+            method = str(training.get("method") or "lora")
+            dtype = str(training.get("dtype") or "bf16")
+    if len(set(bases.values())) > 1:
+        listed = "; ".join(f"{n}: {b}" for n, b in bases.items())
+        raise ChatError(
+            f"--adapters: the runs trained different base models ({listed})",
+            "load adapters of one base together; chat with the others separately",
+        )
+    if len(set(kinds.values())) > 1:
+        listed = ", ".join(f"{n} ({k})" for n, k in kinds.items())
+        raise ChatError(
+            f"--adapters: PEFT keeps adapters of one kind on a base, these differ: {listed}",
+            "load runs of one method together (e.g. the LoRA runs), the others separately",
+        )
+    names = [a.name for a in loaded]
+    if compare not in (None, BASE, *names[1:]):
+        raise ChatError(
+            f"--compare {compare} is not one of the other adapters",
+            f"use base or one of: {', '.join(names[1:]) or '(only one adapter loaded)'}",
+        )
+    base = next(iter(bases.values()))
+    tokenizer = loaded[0].path if _has_tokenizer(loaded[0].path) else Path(base)
+    return ChatTarget(
+        base_model=base,
+        adapters=tuple(loaded),
+        tokenizer_source=str(tokenizer),
+        label=" + ".join(names),
+        method=method,
+        dtype=dtype,
+        device=device,
+        run=None,
+        compare=compare,
+    )
 
 
 def target_to_dict(target: ChatTarget) -> dict[str, Any]:

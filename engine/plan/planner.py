@@ -87,7 +87,7 @@ class Candidate:
 
     @property
     def risk(self) -> int:
-        return QUALITY_RISK[self.config.method]
+        return QUALITY_RISK.get(self.config.method, 1)  # the PEFT family: as LoRA
 
     @property
     def eta_band(self) -> tuple[float, float]:

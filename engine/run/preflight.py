@@ -8,6 +8,7 @@ filled in (never a value the user set changed) and the dataset report.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def check_from_run(spec: RunSpec) -> RunSpec:
             f"resume it first (`ftui resume {run.run_id}`), or start from another run",
         )
     adapter = (final / "adapter_config.json").is_file()
-    if adapter != spec.training.is_peft:
+    if adapter != spec.training.saves_adapter:
         kind = "an adapter (LoRA/QLoRA)" if adapter else "a full model"
         raise FtuiError(
             f"{field_label('from_run')}: {run.run_id} trained {kind}, this run is "
@@ -223,6 +224,22 @@ def check_tracker(report_to: str) -> None:
             )
 
 
+def check_method(spec: RunSpec) -> None:
+    """The PEFT family's needs: bias terms for BitFit, a supported model for llama-adapter,
+    bitsandbytes for an 8-bit base (engine/plan/methods.py)."""
+    from engine.plan.methods import check_architecture
+    from engine.run.rundir import read_json
+
+    config = read_json(Path(spec.model_path or "") / "config.json")
+    if config:
+        check_architecture(spec.training.method, config)
+    if spec.training.base_bits == 8 and importlib.util.find_spec("bitsandbytes") is None:
+        raise FtuiError(
+            "--base-bits 8 loads the base through bitsandbytes' LLM.int8, not installed",
+            "pip install bitsandbytes, or drop --base-bits 8",
+        )
+
+
 def preflight(spec: RunSpec) -> Preflight:
     """Check `spec` as far as anything can be checked without starting it."""
     spec = spec.validate()
@@ -244,6 +261,7 @@ def preflight(spec: RunSpec) -> Preflight:
             "give the path of a DeepSpeed hostfile (one `host slots=N` line per node)",
         )
     spec = check_from_run(spec)
+    check_method(spec)
     check_tracker(spec.hyper.report_to)
     data = check_data(spec)
     check_machine(spec)

@@ -56,6 +56,10 @@ FLAGS = {
     "distributed.master_addr": "--master-addr",
     "distributed.master_port": "--master-port",
     "distributed.hostfile": "--hostfile",
+    "budget.price": "--price",
+    "budget.max_cost": "--max-cost",
+    "budget.max_hours": "--max-hours",
+    "budget.notify": "--notify",
 }
 # Seeds go to numpy too, which takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -136,6 +140,41 @@ class Distributed:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What the run may cost and whom to tell when it ends (see engine/run/cost.py)."""
+
+    price: float | None = None  # USD per GPU-hour (CPU runs: per hour of the machine)
+    price_source: str | None = None  # --price, the config file, or the GPU profile
+    max_cost: float | None = None  # USD: stop (checkpoint, `stopped`, reason budget) there
+    max_hours: float | None = None  # wall-clock hours, every attempt together
+    notify: str | None = None  # webhook URL POSTed when the run ends, fails or stalls
+
+    def validate(self, bad: Any) -> None:
+        for name in ("price", "max_cost", "max_hours"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(f"budget.{name}", f"{value!r} is not a number", "e.g. 2.5")
+            if not math.isfinite(value) or value < 0 or (value == 0 and name != "price"):
+                raise bad(
+                    f"budget.{name}",
+                    f"{value} is not a positive amount",
+                    "USD per GPU-hour for --price, USD for --max-cost, hours for --max-hours",
+                )
+        if self.notify is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(str(self.notify))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise bad(
+                    "budget.notify",
+                    "is not an http(s) URL",
+                    "e.g. https://ntfy.sh/my-topic or a Slack incoming-webhook URL",
+                )
+
+
+@dataclass(frozen=True)
 class RunSpec:
     model: str  # what the user named (profile, dir, HF id)
     data: str  # dataset path (file or folder)
@@ -152,6 +191,7 @@ class RunSpec:
     hyper: Hyper = field(default_factory=Hyper)
     preference: Preference = field(default_factory=Preference)
     distributed: Distributed = field(default_factory=Distributed)
+    budget: Budget = field(default_factory=Budget)
     plan: dict[str, Any] | None = None  # the estimate the run was launched with (summary)
 
     @property
@@ -185,13 +225,15 @@ class RunSpec:
             )
         if self.init == "scratch" and self.from_run:
             raise bad("from_run", "and init scratch exclude each other", "drop one of them")
-        if self.init == "scratch" and self.training.is_peft:
+        if self.init == "scratch" and self.training.method != "full":
             raise bad(
                 "init",
-                "scratch trains every weight: adapters on random weights learn nothing useful",
+                f"scratch trains every weight: {self.training.method} on random weights learns "
+                "nothing useful",
                 "use --method full with --init scratch",
             )
         self._validate_preference(bad)
+        self.budget.validate(bad)
         if self.device not in DEVICES:
             raise bad("device", f"{self.device!r} is not one of {DEVICES}", "use auto, cuda or cpu")
         if not 0.0 <= self.eval_fraction < 0.5:
@@ -329,7 +371,7 @@ class RunSpec:
                     f"spec field {field_label(name)}: {value!r} is not {kind}",
                     f"write {name} as {kind}",
                 )
-        sections = ("training", "hyper", "preference", "distributed")
+        sections = ("training", "hyper", "preference", "distributed", "budget")
         kwargs = {k: v for k, v in data.items() if k not in sections}
         training = data.get("training") or {}
         training = _legacy_mode(kwargs.pop("mode", None), training)
@@ -353,6 +395,8 @@ class RunSpec:
         _reject_unknown(preference, {f.name for f in fields(Preference)}, "preference.")
         dist = data.get("distributed") or {}
         _reject_unknown(dist, {f.name for f in fields(Distributed)}, "distributed.")
+        budget = data.get("budget") or {}
+        _reject_unknown(budget, {f.name for f in fields(Budget)}, "budget.")
         try:
             spec = cls(
                 **kwargs,
@@ -360,6 +404,7 @@ class RunSpec:
                 hyper=Hyper(**hyper),
                 preference=Preference(**preference),
                 distributed=Distributed(**dist),
+                budget=Budget(**budget),
             )
         except TypeError as exc:
             raise SpecError(f"spec: {exc}", "compare with a spec written by `ftui launch`") from exc

@@ -69,18 +69,9 @@ def load_weights(spec: RunSpec, source: str, local: bool, kwargs: dict[str, Any]
 
 
 def lora_config(spec: RunSpec) -> Any:
-    from peft import LoraConfig
+    from engine.run.adapters import lora_config
 
-    t = spec.training
-    targets: Any = "all-linear" if "all-linear" in t.targets else list(t.targets)
-    return LoraConfig(
-        r=t.rank,
-        lora_alpha=t.alpha,
-        target_modules=targets,
-        use_dora=t.dora,
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-    )
+    return lora_config(spec.training)  # rsLoRA, PiSSA/OLoRA/gaussian init too
 
 
 def attach_adapters(spec: RunSpec, model: Any, lora: Any) -> Any:

@@ -42,7 +42,7 @@ def _torch_dtype(spec: RunSpec, device: str) -> Any:
     if device == "cpu":
         return torch.float32  # CPU runs (tests, demo) compute in fp32
     t = spec.training
-    if t.method == "full" and not t.pure_bf16 and t.dtype != "fp32":
+    if t.method in ("full", "bias", "freeze") and not t.pure_bf16 and t.dtype != "fp32":
         return torch.float32  # fp32 master weights; the Trainer autocasts to bf16/fp16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.dtype]
 
@@ -62,28 +62,24 @@ def load_model_and_tokenizer(spec: RunSpec, device: str, local_rank: int) -> tup
     if device == "cpu" and attn == "flash_attention_2":
         attn = "sdpa"
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn}
-    if t.method == "qlora":
-        from transformers import BitsAndBytesConfig
+    from engine.run.adapters import attach, quantization_config
 
-        compute = torch.float32 if device == "cpu" else dtype
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=t.double_quant,
-            bnb_4bit_compute_dtype=compute,
-            bnb_4bit_quant_storage=compute if t.sharding in ("fsdp", "zero3") else torch.uint8,
-        )
+    compute = torch.float32 if device == "cpu" else dtype
+    storage = compute if t.sharding in ("fsdp", "zero3") else torch.uint8
+    quantization = quantization_config(t, compute, storage)  # QLoRA's 4 bits, or 8 (LLM.int8)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
         if device == "cuda" and t.sharding == "none":
             kwargs["device_map"] = {"": local_rank}
         elif device == "cpu":
             kwargs["device_map"] = {"": "cpu"}
-    from engine.run.stages import attach_adapters, load_weights
+    from engine.run.stages import load_weights
 
     model = load_weights(spec, source, local, kwargs)  # scratch or an earlier run: see stages
-    if t.is_peft:
-        from peft import LoraConfig, prepare_model_for_kbit_training
+    if t.method != "full":
+        from peft import prepare_model_for_kbit_training
 
-        if t.method == "qlora" and t.kbit_upcast:
+        if quantization is not None and t.kbit_upcast:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=t.grad_ckpt,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
@@ -93,16 +89,7 @@ def load_model_and_tokenizer(spec: RunSpec, device: str, local_rank: int) -> tup
         from transformers import set_seed
 
         set_seed(spec.hyper.seed)
-        targets: Any = "all-linear" if "all-linear" in t.targets else list(t.targets)
-        lora = LoraConfig(
-            r=t.rank,
-            lora_alpha=t.alpha,
-            target_modules=targets,
-            use_dora=t.dora,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-        )
-        model = attach_adapters(spec, model, lora)
+        model = attach(spec, model)  # the method's trainable parts: engine/run/adapters.py
         if t.grad_ckpt:
             model.enable_input_require_grads()
     return model, tokenizer
@@ -183,6 +170,9 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
     if device == "cuda":
         torch.cuda.set_device(local_rank)
     model, tokenizer = load_model_and_tokenizer(spec, device, local_rank)
+    from engine.run.adapters import save_converted, save_initial_adapter
+
+    initial = save_initial_adapter(spec, model, run.path) if local_rank == 0 else None
     callback = make_callback(
         run,
         rank=rank,
@@ -209,6 +199,7 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
         return 0
     trainer.save_model(str(run.final))
     if node_main:
+        save_converted(trainer.model, run.final, initial)  # PiSSA / OLoRA: a plain LoRA
         tokenizer.save_pretrained(str(run.final))
         write_final_marker(
             run,
@@ -252,6 +243,8 @@ def _sft_trainer(
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     args = training_arguments(spec, run, device, eval_ds is not None)
     _inject_faults(spec)
+    from engine.run.adapters import optimizers
+
     return Trainer(
         model=model,
         args=args,
@@ -260,6 +253,7 @@ def _sft_trainer(
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[callback],
+        optimizers=optimizers(spec, model, args),  # LoRA+ (engine/run/adapters.py)
     )
 
 

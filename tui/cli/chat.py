@@ -3,6 +3,7 @@
     ftui chat RUN [--checkpoint N] [--compare base|CHECKPOINT]       the chat screen
     ftui chat RUN --prompt TEXT [--json] [generation flags]           one answer, no app
     ftui chat --model M [--adapter DIR] [...]                         outside a run
+    ftui chat --adapters RUN[:CKPT],RUN[:CKPT] [--compare base|NAME]  several runs, one base
     ftui export RUN [--checkpoint N] --out DIR [--merge] [--force]
 
 Bad input (an unknown run, a missing checkpoint, a run without an adapter yet) is an FtuiError:
@@ -31,6 +32,10 @@ def add_chat_parsers(sub: Any) -> None:
     chat.add_argument(
         "--compare", metavar="base|CHECKPOINT", help="answer also with the base or a checkpoint"
     )
+    chat.add_argument(
+        "--adapters", metavar="RUN[:CKPT],...",
+        help="several runs' adapters on their one base: switch, disable (base) or compare them",
+    )  # fmt: skip
     chat.add_argument("--model", help="outside a run: the base model (a directory or cached id)")
     chat.add_argument("--adapter", help="outside a run: a PEFT adapter directory")
     chat.add_argument(
@@ -84,6 +89,16 @@ def chat_target(args: argparse.Namespace) -> Any:
 
     if args.run and (args.model or args.adapter):
         raise FtuiError("give a run, or --model/--adapter, not both", "see `ftui chat -h`")
+    if args.adapters:
+        if args.run or args.model or args.adapter or args.checkpoint:
+            raise FtuiError(
+                "--adapters names the runs (RUN[:CKPT]) itself",
+                "drop the run, --model, --adapter and --checkpoint beside --adapters",
+            )
+        from engine.chat import adapters_target
+
+        refs = [r for r in args.adapters.split(",")]
+        return adapters_target(refs, device=args.device, compare=args.compare)
     if args.run:
         return run_target(find_run(args.run), args.checkpoint, args.compare, args.device)
     if not args.model:
@@ -150,12 +165,16 @@ class _Printer:
 def answer_once(target: Any, settings: Any, prompt: str, system: str, *, as_json: bool) -> int:
     """Load, answer with the adapter (and the compared model), print, exit."""
     from engine.chat import ChatModel, Conversation
+    from engine.chat.model import BASE_LOADS
 
     _quiet_libraries()
     model = ChatModel.load(target, progress=_progress)
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
     variants = [target.primary] + ([target.compare] if target.compare else [])
+    if target.run is None and len(target.adapters) > 1:  # --adapters: each answers
+        names = [a.name for a in target.adapters]
+        variants = names + ([target.compare] if target.compare == "base" else [])
     messages = Conversation(system=system).messages(prompt)
     answers = []
     for variant in variants:
@@ -184,6 +203,7 @@ def answer_once(target: Any, settings: Any, prompt: str, system: str, *, as_json
             "ttft_s": first["ttft_s"],
             "tokens_per_s": first["tokens_per_s"],
             "answers": answers,
+            "base_loads": BASE_LOADS["count"],  # one base however many adapters
         }
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     model.close()

@@ -11,6 +11,7 @@ from engine.errors import FtuiError
 from engine.training_config import (
     ATTENTIONS,
     DTYPES,
+    LORA_INITS,
     METHODS,
     OFFLOADS,
     OPTIMIZERS,
@@ -39,6 +40,17 @@ def add_knob_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=int, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--targets", help="all-linear, or a comma list such as q_proj,v_proj")
     p.add_argument("--dora", action="store_true", default=None, help="DoRA instead of LoRA")
+    p.add_argument("--rslora", action="store_true", default=None, help="LoRA scaled alpha/sqrt(r)")
+    p.add_argument("--lora-plus-ratio", type=float, metavar="R",
+                   help="LoRA+: B's learning rate is R x A's (e.g. 16)")  # fmt: skip
+    p.add_argument("--base-bits", type=int, choices=(4, 8, 16),
+                   help="8: LoRA on an LLM.int8 base (4 is --method qlora)")  # fmt: skip
+    p.add_argument("--virtual-tokens", type=int, metavar="N",
+                   help="prefix/prompt/ptuning/llama-adapter: trained tokens (20)")  # fmt: skip
+    p.add_argument("--trainable-layers", type=int, metavar="N",
+                   help="freeze: the last N decoder layers train (default 2)")  # fmt: skip
+    p.add_argument("--train-embeddings", action="store_true", default=None,
+                   help="freeze: embeddings and lm_head train too")  # fmt: skip
     ckpt = p.add_mutually_exclusive_group()
     ckpt.add_argument("--grad-ckpt", dest="grad_ckpt", action="store_true", default=None)
     ckpt.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false")
@@ -68,6 +80,8 @@ def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="profile name, local dir or HF-cache model")
     add_knob_arguments(p)
+    p.add_argument("--init", dest="lora_init", choices=LORA_INITS[1:],
+                   help="LoRA initialisation (default: PEFT's; B = 0)")  # fmt: skip
     p.add_argument("--rope-scaling", type=float, metavar="FACTOR", help="allow seq-len beyond the "
                    "model's max positions by this RoPE scaling factor")  # fmt: skip
     p.add_argument("--dataset", type=Path, help="JSON/JSONL file: lengths drive seq-len and ETA")
@@ -82,7 +96,8 @@ def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
 _KNOB_FLAGS = (
     "stage", "reference", "method", "seq_len", "batch", "grad_accum", "rank", "alpha", "dora",
     "grad_ckpt", "attn", "dtype", "pure_bf16", "optim", "sharding", "offload", "packing",
-    "num_gpus",
+    "num_gpus", "rslora", "lora_plus_ratio", "base_bits", "virtual_tokens", "trainable_layers",
+    "train_embeddings", "lora_init",
 )  # fmt: skip
 
 
@@ -141,6 +156,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     arch = resolve_model(args.model)
     pinned = pinned_knobs(args)
+    from engine.plan.methods import check_architecture
+
+    check_architecture(pinned.get("method", "auto"), arch.config)
     machine = resolve_machine(
         gpu=args.gpu,
         num_gpus=args.num_gpus,

@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.errors import FtuiError
 from engine.run.spec import INITS, LAUNCHERS, REPORT_TO, Distributed, Hyper, Preference, RunSpec
+from engine.training_config import LORA_INITS
 
 _LAUNCH_PARSER: argparse.ArgumentParser | None = None
 # Flags that say how to launch, not what: they go with a spec file.
@@ -41,9 +42,10 @@ def add_run_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--init",
-        choices=INITS,
+        choices=(*INITS, *LORA_INITS[1:]),
         default="pretrained",
-        help="scratch: random weights from the model's config (--stage pretrain)",
+        help="scratch: random weights from the model's config (--stage pretrain); "
+        "pissa/olora/gaussian: how LoRA's matrices start",
     )
     p.add_argument(
         "--from-run",
@@ -156,6 +158,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
         name, model_path = args.model, scratch_model(args.model, None)
     else:
         name, model_path = local_model(args.model)
+    if args.init in LORA_INITS:  # --init pissa|olora|gaussian: LoRA's start, pretrained weights
+        args.lora_init, args.init = args.init, "pretrained"
     pinned = pinned_knobs(args)
     device = args.device
     plan_summary: dict[str, Any] = {}
@@ -217,7 +221,12 @@ def default_lr(stage: str, method: str, init: str) -> float:
         return 3e-4
     if stage in ("dpo", "orpo", "kto", "simpo"):
         return 5e-6 if method == "full" else 5e-5
-    return 2e-5 if method == "full" else 2e-4
+    return METHOD_LR.get(method, 2e-4)
+
+
+# Usual rates per method (LoRA's 2e-4 for the rest): a few trained tokens or scales move slowly.
+METHOD_LR = {"full": 2e-5, "freeze": 2e-5, "bias": 1e-3, "ia3": 3e-3, "prefix": 1e-2,
+             "prompt": 1e-2, "ptuning": 1e-2, "llama-adapter": 1e-2}  # fmt: skip
 
 
 def _base_model_of(ref: str) -> str:

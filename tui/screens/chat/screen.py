@@ -180,7 +180,16 @@ class ChatScreen(Screen[None]):
         self.stop_requested = False
 
     # -- layout ----------------------------------------------------------------------------------
+    @property
+    def _several_adapters(self) -> list[str]:
+        """`ftui chat --adapters`: the runs' adapters on one base, to switch among."""
+        if self.run is None and len(self.target.adapters) > 1:
+            return [a.name for a in self.target.adapters]
+        return []
+
     def _checkpoint_options(self) -> list[str]:
+        if self._several_adapters:
+            return [*self._several_adapters, BASE]  # base: every adapter disabled
         if self.run is None or self.target.method == "full" or not self.target.adapters:
             return [self.target.primary]
         names = run_checkpoints(self.run)
@@ -191,7 +200,9 @@ class ChatScreen(Screen[None]):
         names = self._checkpoint_options()
         fixed = len(names) == 1
         compare = [NO_COMPARE] + ([BASE, *names] if self.target.adapters else [])
-        if self.run is None:
+        if self._several_adapters:
+            compare = [NO_COMPARE, BASE, *self._several_adapters]
+        elif self.run is None:
             compare = compare[:2]
         with Horizontal(id="chat-bar"):
             yield Label("Checkpoint", classes="chat-bar-label")

@@ -1,0 +1,75 @@
+"""The PEFT family beyond LoRA, as the planner sees it: which architectures a method needs
+(bias terms for BitFit; PEFT's adaption prompt supports a few model types) and what each
+method merges into.
+
+Light to import: no torch, no peft.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# PEFT's AdaptionPromptConfig knows these model types (peft/tuners/adaption_prompt/config.py).
+LLAMA_ADAPTER_TYPES = ("llama", "mistral", "gpt2")
+# Model types whose linears or norms carry bias terms (BitFit trains them).
+BIASED_TYPES = (
+    "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "opt", "bloom", "phi", "qwen2", "qwen2_moe",
+    "starcoder2", "bert", "roberta",
+)  # fmt: skip
+MODELS_WITH_BIASES = (
+    "GPT-2, Qwen2 / Qwen2.5 (q/k/v biases), Phi-2, Pythia (GPT-NeoX), OPT, BLOOM, StarCoder2"
+)
+# Why a method's result cannot be folded into the base weights (ftui export --merge).
+MERGE_REFUSALS = {
+    "prefix": "prefix tuning adds trained keys and values in front of every layer's "
+    "attention, not a change of any weight",
+    "prompt": "prompt tuning adds trained input embeddings in front of the prompt, not a "
+    "change of any weight",
+    "ptuning": "P-tuning adds virtual tokens from its prompt encoder in front of the prompt, "
+    "not a change of any weight",
+    "llama-adapter": "llama-adapter adds a gated adaption prompt to the top layers' attention, "
+    "not a change of any weight",
+}
+
+# PEFT's adapter_config.json `peft_type` -> ftui's method.
+PEFT_TYPE_METHODS = {
+    "LORA": "lora",
+    "PREFIX_TUNING": "prefix",
+    "PROMPT_TUNING": "prompt",
+    "P_TUNING": "ptuning",
+    "IA3": "ia3",
+    "ADAPTION_PROMPT": "llama-adapter",
+}
+
+
+def has_biases(model_type: str, config: dict[str, Any]) -> bool:
+    """Whether the model has bias terms for BitFit, from its config.json."""
+    flags = ("attention_bias", "mlp_bias", "use_bias", "bias", "add_bias_linear", "qkv_bias")
+    if any(config.get(flag) is True for flag in flags):
+        return True
+    return model_type in BIASED_TYPES
+
+
+def bias_refusal(model_type: str) -> tuple[str, str]:
+    """(message, fix) of --method bias on a model without bias terms."""
+    return (
+        f"--method bias (BitFit) trains bias terms only: this {model_type} model has none",
+        f"use a model with biases ({MODELS_WITH_BIASES}), or --method lora / ia3",
+    )
+
+
+def check_architecture(method: str, config: dict[str, Any]) -> None:
+    """Refuse a method the model cannot take (FtuiError naming the models that can)."""
+    from engine.errors import FtuiError
+
+    text = config.get("text_config")
+    cfg = text if isinstance(text, dict) and "hidden_size" in text else config
+    model_type = str(cfg.get("model_type") or config.get("model_type") or "unknown")
+    if method == "bias" and not has_biases(model_type, cfg):
+        raise FtuiError(*bias_refusal(model_type))
+    if method == "llama-adapter" and model_type not in LLAMA_ADAPTER_TYPES:
+        raise FtuiError(
+            f"--method llama-adapter: PEFT's adaption prompt supports "
+            f"{', '.join(LLAMA_ADAPTER_TYPES)} models, not {model_type}",
+            "use --method prefix (keys and values in every layer) or lora",
+        )
