@@ -27,7 +27,7 @@ from engine.plan.counts import (
 )
 from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.params import attached_roles, closed_form_reason, lora_saved_input_bytes
-from engine.training_config import PREFERENCE_STAGES, TrainingConfig
+from engine.training_config import PLANNED_METHODS, PREFERENCE_STAGES, TrainingConfig
 
 GIB = 1024**3
 # bitsandbytes' block sizes (the dry run's stand-ins use the same)
@@ -316,6 +316,12 @@ def estimate_memory(
 
         return preference_memory(  # type: ignore[no-any-return]
             arch, config, calibration, correction=correction, loss_path=loss_path
+        )
+    if config.method not in PLANNED_METHODS or config.base_bits != 16:
+        from engine.plan.methods import proxy_config  # the PEFT family, bounded for now
+
+        return estimate_memory(
+            arch, proxy_config(config), calibration, correction=correction, loss_path=loss_path
         )
     b = DTYPE_BYTES[config.dtype]
     params = count_params(arch, config)
