@@ -13,12 +13,12 @@ one message with its fix, exit code 2, before anything heavy loads.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
+from tui.cli.output import emit_json
 
 
 def add_chat_parsers(sub: Any) -> None:
@@ -205,7 +205,7 @@ def answer_once(target: Any, settings: Any, prompt: str, system: str, *, as_json
             "answers": answers,
             "base_loads": BASE_LOADS["count"],  # one base however many adapters
         }
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        emit_json(out)
     model.close()
     return 0
 
@@ -254,7 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             sys.stderr.write(f"uploading {result.out_dir} to {args.push_to_hub}...\n")
         pushed = push_export(result, args.push_to_hub, private=args.private)
     if args.json:
-        sys.stdout.write(json.dumps({**result.to_dict(), "pushed": pushed}, indent=2) + "\n")
+        emit_json({**result.to_dict(), "pushed": pushed})
         return 0
     what = {"adapter": "adapter", "merged": "merged model", "full": "model"}[result.kind]
     sys.stdout.write(

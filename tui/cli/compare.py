@@ -11,9 +11,9 @@ and exit code 2 (`FtuiError`).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
+
+from tui.cli.output import emit_json
 
 AXES = ("step", "tokens", "time")  # engine.monitor.compare.AXES (kept import-free here)
 
@@ -56,7 +56,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     comparison = compare_runs(runs, args.x, args.points)
     if args.json:
-        sys.stdout.write(json.dumps(comparison.to_dict(), indent=2) + "\n")
+        emit_json(comparison.to_dict())
         return 0
     from rich.console import Console
 

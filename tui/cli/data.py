@@ -7,13 +7,13 @@ Exit codes: 0 when every record is valid, 1 when some are invalid, 2 when the fi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from engine.data import FORMAT_ALIASES, FORMATS
 from engine.errors import FtuiError
+from tui.cli.output import emit_json
 
 MAX_LISTED_INVALID = 50
 _BAR_WIDTH = 40
@@ -78,7 +78,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     if args.json:
         data = report.to_dict()
         data["model"] = args.model
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        emit_json(data, ensure_ascii=False)
     else:
         print_data_report(report)
     return 0 if report.ok else 1

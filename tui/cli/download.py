@@ -7,13 +7,13 @@ Also what `ftui launch --download` runs before it checks the launch. Progress is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError, UnknownModelError
+from tui.cli.output import emit_json
 
 
 def add_download_parser(sub: Any) -> None:
@@ -53,7 +53,7 @@ def hub_id_for(model: str) -> str:
 
 
 def _emit(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data) + "\n")
+    emit_json(data, indent=None)
     sys.stdout.flush()
 
 

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from engine.errors import FtuiError
+from tui.cli.output import emit_json
 
 # engine.eval.request's defaults, repeated so that building the parser imports nothing more
 DEFAULT_SAMPLES = 8
@@ -131,7 +132,7 @@ def _quiet_libraries() -> None:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    emit_json(data)
 
 
 def _num(value: Any, spec: str = ".4f", signed: bool = False) -> str:

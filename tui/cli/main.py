@@ -8,13 +8,13 @@ that use them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine import __version__
 from engine.errors import FtuiError
+from tui.cli.output import emit_json, json_mode
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    emit_json(data)
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -194,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with json_mode(bool(getattr(args, "json", False))):
+            return handler(args)
     except FtuiError as error:
         _report_error(error)
         return error.exit_code

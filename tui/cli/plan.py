@@ -21,6 +21,7 @@ from engine.training_config import (
     ConfigError,
     TrainingConfig,
 )
+from tui.cli.output import emit_json
 
 
 def add_knob_arguments(p: argparse.ArgumentParser) -> None:
@@ -209,10 +210,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from tui.cli.render_plan import print_plan
 
     if args.json:
-        import json
-        import sys
-
-        sys.stdout.write(json.dumps(plan_to_dict(result, stats, dry), indent=2) + "\n")
+        emit_json(plan_to_dict(result, stats, dry))
     else:
         print_plan(result, stats, dry)
     return 0 if (result.best is not None and result.best.fits) else 1

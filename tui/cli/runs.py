@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 from engine.errors import FtuiError
 from engine.run.spec import INITS, LAUNCHERS, REPORT_TO, Distributed, Hyper, Preference, RunSpec
 from engine.training_config import LORA_INITS
+from tui.cli.output import emit_json
 
 _LAUNCH_PARSER: argparse.ArgumentParser | None = None
 # Flags that say how to launch, not what: they go with a spec file.
@@ -19,7 +19,7 @@ _WITH_A_SPEC = ("spec", "dry_run", "json", "slurm", "handler", "download")
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    emit_json(data, default=str)
 
 
 def add_run_parsers(sub: Any) -> None:

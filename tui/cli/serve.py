@@ -12,13 +12,13 @@ missing) is one message with its fix and exit code 2, before anything starts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Any
 
 from engine.errors import FtuiError
+from tui.cli.output import emit_json
 
 
 def add_serve_parsers(sub: Any) -> None:
@@ -161,7 +161,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
 
     infos = list_servers()
     if args.json:
-        sys.stdout.write(json.dumps([i.to_dict() for i in infos], indent=2) + "\n")
+        emit_json([i.to_dict() for i in infos])
         return 0
     if not infos:
         sys.stdout.write("no servers yet: start one with `ftui serve RUN`\n")
