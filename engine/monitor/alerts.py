@@ -22,7 +22,7 @@ from engine.monitor.series import Point
 @dataclass(frozen=True)
 class Alert:
     """Something a user must see: kind is one of nan, spike, stall, oom, died, failed,
-    stopped, completed."""
+    stopped, completed, budget."""
 
     kind: str
     message: str
@@ -112,6 +112,27 @@ def stall_alert(step: int | None, idle_for: float, gpus_idle: bool, now: float) 
     )
 
 
+def budget_alert(record: dict[str, Any]) -> Alert:
+    """The trainer's `budget_projection` event: at the measured pace the run will pass a cap."""
+    step, t = record.get("step"), num(record.get("t"))
+    over = []
+    projected_usd, cap = num(record.get("projected_usd")), num(record.get("max_cost"))
+    if cap is not None and projected_usd is not None:
+        over.append(f"${projected_usd:.4g} projected, over --max-cost ${cap:g}")
+    hours = num(record.get("max_hours"))
+    if hours is not None:
+        projected = duration(num(record.get("projected_s")))
+        over.append(f"{projected} projected, over --max-hours {hours:g}")
+    text = "; ".join(over) or "the projection is over a cap"
+    return Alert(
+        "budget",
+        f"budget{at_step(step)}: {text}: it will stop there (checkpoint, resumable)",
+        severity="warning",
+        step=step if isinstance(step, int) else None,
+        t=t,
+    )
+
+
 def end_alert(
     state: dict[str, Any],
     step: int | None,
@@ -128,6 +149,9 @@ def end_alert(
         tail = f", final loss {last_loss[1]:.4g}" if last_loss else ""
         return Alert("completed", f"completed{at}{tail}", "information", step, t)
     if status == "stopped":
+        if state.get("stop_reason") == "budget":
+            why = state.get("note") or "budget cap reached"
+            return Alert("stopped", f"stopped{at}: {why}", "warning", step, t)
         return Alert("stopped", f"stopped{at}", "information", step, t)
     failure = state.get("failure") or "error"
     note = state.get("note") or state.get("error")

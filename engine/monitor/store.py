@@ -22,6 +22,7 @@ from typing import Any
 from engine.monitor.alerts import (
     Alert,
     SpikeDetector,
+    budget_alert,
     end_alert,
     nan_alert,
     oom_alert,
@@ -300,6 +301,8 @@ class MetricsStore:
             self._nan_alert(step, event.t, record.get("loss", "NaN"))
         elif event.kind == "oom":
             self._alert(("oom", step), oom_alert(step, event.t))
+        elif event.kind == "budget_projection":
+            self._alert(("budget", step, event.t), budget_alert(record))
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.state = state

@@ -5,10 +5,12 @@ real, non-padding tokens) and `events.jsonl`, and updates `state.json`. On every
 `control/` for `stop` and `save-now` (rank 0 reads the files, every rank gets the same answer
 through one all-reduce so they stop at the same step), and it stops the run on a NaN/inf loss.
 
-A stop has three sources, all handled the same way (checkpoint at the end of this step, then
+A stop has four sources, all handled the same way (checkpoint at the end of this step, then
 exit, status `stopped`): the `stop` file, SIGTERM/SIGINT (`ftui stop --now`: the handler only
-sets a flag), and the supervisor's death (each node's first process checks it once a second),
-so a trainer never trains on unsupervised.
+sets a flag), the supervisor's death (each node's first process checks it once a second),
+so a trainer never trains on unsupervised, and a budget cap reached (`--max-cost`,
+`--max-hours`: rank 0 compares the run's wall time × price with the cap each step, reason
+`budget`; the first projection over a cap is an event, `budget_projection`).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def callback_class() -> type:
             self.method = "lora"
             self.attn = "sdpa"
             self.probe_at: int | None = None  # global step at which the probe measures
+            self.budget: Any = None  # engine.run.cost.BudgetWatch on rank 0 of a capped run
 
         # -- helpers -------------------------------------------------------------------------------
         def _sync_flags(self, stop: bool, save: bool) -> tuple[bool, bool]:
@@ -108,6 +111,20 @@ def callback_class() -> type:
             flags = torch.tensor([float(stop), float(save)], device=device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             return bool(flags[0].item()), bool(flags[1].item())
+
+        def _check_budget(self, state: Any) -> bool:
+            """True when a cap is reached; the first projection over a cap is an event."""
+            now = time.time()
+            over = self.budget.projection_over(now, state.global_step, state.max_steps)
+            if over is not None:
+                self.run.event("budget_projection", step=state.global_step, **over)
+                self.run.update_state(budget_projection=over)
+            reached = self.budget.reached(now)
+            if reached is None:
+                return False
+            self.run.event("budget_reached", step=state.global_step, cap=reached)
+            self.run.update_state(note=f"budget cap: {reached}")
+            return True
 
         def _truncate_history(self, step: int) -> None:
             """After a resume from step N, metrics above N belong to the abandoned attempt."""
@@ -134,6 +151,10 @@ def callback_class() -> type:
                 from engine.run.probe import PROBE_STEPS
 
                 self.probe_at = state.global_step + PROBE_STEPS
+            if self.is_main:
+                from engine.run.cost import budget_watch
+
+                self.budget = budget_watch(self.run, state.global_step, time.time())
             if not self.is_node_main:
                 return
             if state.global_step > 0 and self.is_main:
@@ -173,6 +194,8 @@ def callback_class() -> type:
                 if save:
                     save_path.unlink(missing_ok=True)
                 reason = "requested" if stop else None
+                if self.budget is not None and not stop and self._check_budget(state):
+                    stop, reason = True, "budget"
             if signalled["signal"]:
                 stop, reason = True, reason or f"signal {signalled['signal']}"
             if self.is_node_main and self.supervisor.check():

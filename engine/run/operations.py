@@ -108,10 +108,12 @@ class RunInfo:
     loss: float | None
     damaged: str | None = None  # what was wrong with state.json (rebuilt from the events)
     eval: dict[str, Any] | None = None  # the latest finished `ftui eval` (eval/summary.json)
+    stop_reason: str | None = None  # a stopped run: requested, budget, signal N, ...
 
     @property
     def label(self) -> str:
-        notes = [n for n in (self.failure, "state damaged" if self.damaged else None) if n]
+        budget = "budget" if self.status == "stopped" and self.stop_reason == "budget" else None
+        notes = [n for n in (self.failure, budget, "state damaged" if self.damaged else None) if n]
         return f"{self.status} ({', '.join(notes)})" if notes else self.status
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +203,7 @@ def run_info(run: RunDir) -> RunInfo:
         loss=last.get("loss"),
         damaged=state.get("damaged"),
         eval=read_json(run.path / "eval" / "summary.json") or None,
+        stop_reason=state.get("stop_reason") if state.get("status") == "stopped" else None,
     )
 
 
@@ -281,9 +284,11 @@ def delete_run(run: RunDir) -> None:
     shutil.rmtree(run.path)
 
 
-def resume(run: RunDir) -> str:
+def resume(run: RunDir, *, budget: dict[str, Any] | None = None) -> str:
     """Continue a stopped or failed run from its last complete checkpoint, in place. At most
-    one resume (or start, or stop) runs at a time, and never while a trainer of it lives."""
+    one resume (or start, or stop) runs at a time, and never while a trainer of it lives.
+    `budget`: new caps (`max_cost`, `max_hours`) written into its spec first; a run stopped by
+    a cap it has reached does not resume without a larger one."""
     with run.operation_lock():
         state = reconcile(run, locked=True)
         live = trainer_processes(state)
@@ -305,6 +310,7 @@ def resume(run: RunDir) -> str:
             raise FtuiError(
                 f"run {run.run_id} has no complete checkpoint", "launch it again from the start"
             )
+        _new_caps(run, state, budget or {})
         (run.control / "stop").unlink(missing_ok=True)
         (run.control / "save-now").unlink(missing_ok=True)
         import json
@@ -319,10 +325,41 @@ def resume(run: RunDir) -> str:
             resumed_at=time.time(),
             exit_code=None,
             **dict.fromkeys(_PROCESS_KEYS),
+            **dict.fromkeys(("stop_reason", "note", "budget_projection")),
         )
         run.event("resume", checkpoint=str(checkpoint))
         start_supervisor(run)
     return str(checkpoint)
+
+
+def _new_caps(run: RunDir, state: dict[str, Any], caps: dict[str, Any]) -> None:
+    """Write the new caps into spec.yaml; refuse a cap the run has already reached."""
+    from dataclasses import replace
+
+    from engine.run.cost import run_cost
+
+    spec = RunSpec.from_yaml(run.spec.read_text(encoding="utf-8"))
+    if caps:
+        spec = replace(spec, budget=replace(spec.budget, **caps)).validate()
+    cost = run_cost(run, state, now=time.time())
+    b = spec.budget
+    spent = cost.spent_usd
+    if b.max_cost is not None and spent is not None and spent >= b.max_cost:
+        raise FtuiError(
+            f"run {run.run_id} has cost ${spent:.4g}, its --max-cost is ${b.max_cost:g}",
+            f"resume with a larger cap: `ftui resume {run.run_id} --max-cost "
+            f"{max(2 * b.max_cost, 2 * spent):.4g}`",
+        )
+    hours = cost.elapsed_s / 3600
+    if b.max_hours is not None and hours >= b.max_hours:
+        raise FtuiError(
+            f"run {run.run_id} has run {hours:.3g} h, its --max-hours is {b.max_hours:g}",
+            f"resume with a larger cap: `ftui resume {run.run_id} --max-hours "
+            f"{max(2 * b.max_hours, 2 * hours):.3g}`",
+        )
+    if caps:
+        run.spec.write_text(spec.to_yaml(), encoding="utf-8")
+        run.event("budget_changed", **caps)
 
 
 def wait(run: RunDir, timeout: float, poll: float = 0.5) -> dict[str, Any]:

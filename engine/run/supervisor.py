@@ -6,7 +6,10 @@ with all output to `stdout.log`, records every pid (with its create time), sampl
 `gpu.jsonl`, forwards SIGTERM (the single-process and deepspeed launchers do not), escalates to
 SIGKILL of every recorded pid after the grace period (torchrun workers sit in sessions of their
 own), and classifies how the run ended. `--reap` only ends the trainer of a run whose
-supervisor died (`ftui stop --now` starts it).
+supervisor died (`ftui stop --now` starts it). With `--notify URL` in the spec it POSTs the
+end of the run, and a stall (no metrics line for `FTUI_STALL_SECONDS`, default 600), to the
+webhook (engine/run/notify.py): after the state is final, with a short timeout, never failing
+the run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ GRACE_SECONDS = 45.0  # torchrun's own shutdown grace (30 s) + a checkpoint save
 POLL_SECONDS = 0.1  # how often the main loop looks at the launcher and the stop flag
 SAMPLE_SECONDS = 2.0
 PID_REFRESH_SECONDS = 3.0
+STALL_SECONDS = 600.0  # no new metrics line for this long: a stalled run (--notify)
 _OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory")
 
 
@@ -110,6 +114,10 @@ class Supervisor:
         self.stop_now = False
         self.grace = _grace_seconds()
         self._done = threading.Event()
+        self._stall_notified_at: float | None = None  # metrics mtime of the last stall told
+        from engine.run.cost import read_spec
+
+        self.notify_url = (read_spec(run).get("budget") or {}).get("notify")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_signal = signum  # nothing else: no lock, no I/O (see the main loop)
@@ -172,7 +180,35 @@ class Supervisor:
             if now >= next_refresh:
                 next_refresh = now + PID_REFRESH_SECONDS
                 self._refresh_pids()
+                self._check_stall()
             time.sleep(POLL_SECONDS)
+
+    def _check_stall(self) -> None:
+        """A running run without a new metrics line for STALL_SECONDS: tell the webhook, once
+        per silence, from a thread (the main loop never waits on the network)."""
+        if not self.notify_url:
+            return
+        state = self.run.read_state()
+        if state.get("status") != "running":
+            return
+        try:
+            last = self.run.metrics.stat().st_mtime
+        except OSError:
+            last = float(state.get("train_started_at") or time.time())
+        limit = float(os.environ.get("FTUI_STALL_SECONDS", STALL_SECONDS))
+        if time.time() - last < limit or self._stall_notified_at == last:
+            return
+        self._stall_notified_at = last
+        from engine.run.notify import notify_run
+
+        threading.Thread(target=notify_run, args=(self.run, "stalled", state), daemon=True).start()
+
+    def _notify_end(self) -> None:
+        """The run is final: tell its webhook (a short timeout; errors become an event)."""
+        from engine.run.notify import notify_run
+
+        with contextlib.suppress(Exception):
+            notify_run(self.run, "ended", self.run.read_state())
 
     def _sample_gpus(self) -> None:
         from engine.machine.hardware import NvmlBackend, read_host_info
@@ -224,6 +260,7 @@ class Supervisor:
         }
         if self.stop_signal:  # stopped before the launcher started
             self._finish(0, {"status": "stopped", "failure": None, "note": "stopped with --now"})
+            self._notify_end()
             return 0
         with run.stdout.open("ab") as out:
             try:
@@ -265,6 +302,7 @@ class Supervisor:
         if self._shrink_and_retry(outcome):
             return self._attempt()
         self._finish(returncode, outcome)
+        self._notify_end()
         return 0
 
     def _finish(self, returncode: int, outcome: dict[str, Any]) -> None:

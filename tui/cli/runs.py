@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
-from engine.run.spec import INITS, LAUNCHERS, REPORT_TO, Distributed, Hyper, Preference, RunSpec
+from engine.run.spec import (
+    INITS,
+    LAUNCHERS,
+    REPORT_TO,
+    Budget,
+    Distributed,
+    Hyper,
+    Preference,
+    RunSpec,
+)
 from engine.training_config import LORA_INITS
 from tui.cli.output import emit_json
 
@@ -66,6 +75,19 @@ def add_run_parsers(sub: Any) -> None:
         default="none",
         help="also log to a tracker; ftui's own files stay the dashboard's",
     )
+    add_budget_arguments(p)
+    p.add_argument(
+        "--price",
+        type=float,
+        metavar="USD",
+        help="USD per GPU-hour (default: $FTUI_HOME/config.toml [prices], else the GPU "
+        "profile's; a CPU run has a price only when given)",
+    )
+    p.add_argument(
+        "--notify",
+        metavar="URL",
+        help="webhook POSTed when the run ends, fails or stalls (ntfy, Slack-style, JSON)",
+    )
     p.add_argument("--launcher", choices=LAUNCHERS, default="auto")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--node-rank", type=int, default=0)
@@ -108,12 +130,28 @@ def add_run_parsers(sub: Any) -> None:
 
     resume = sub.add_parser("resume", help="continue a stopped or failed run from its checkpoint")
     resume.add_argument("run")
+    add_budget_arguments(resume)
     resume.set_defaults(handler=cmd_resume)
 
     demo = sub.add_parser("demo", help="train a tiny built-in model on CPU, end to end (~1 min)")
     demo.add_argument("--headless", action="store_true", help="print progress, no app")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default 300)")
     demo.set_defaults(handler=cmd_demo)
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop (checkpoint, resumable) when the run has cost this much",
+    )
+    parser.add_argument(
+        "--max-hours",
+        type=float,
+        metavar="H",
+        help="stop (checkpoint, resumable) after this many hours of wall time",
+    )
 
 
 # -- launch ------------------------------------------------------------------------------------
@@ -147,7 +185,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
             text = args.spec.read_text(encoding="utf-8")
         except OSError as exc:
             raise FtuiError(f"cannot read {args.spec}: {exc}", "pass a spec.yaml path") from exc
-        return RunSpec.from_yaml(text), {}
+        spec = RunSpec.from_yaml(text)
+        return priced(spec, dict(spec.plan or {}), None), {}
     if args.from_run and not args.model:
         args.model = _base_model_of(args.from_run)
     if not args.model or not args.data:
@@ -210,8 +249,34 @@ def spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, dict[str, Any]]:
             hostfile=args.hostfile,
         ),
         plan=plan_summary or None,
+        budget=Budget(max_cost=args.max_cost, max_hours=args.max_hours, notify=args.notify),
     )
-    return spec.validate(), plan_summary
+    spec.validate()  # bad caps or URL: one message before the price lookup
+    return priced(spec, plan_summary, args.price), plan_summary
+
+
+def priced(spec: RunSpec, plan_summary: dict[str, Any], given: float | None) -> RunSpec:
+    """The run's price per GPU-hour (--price, config.toml, the GPU profile) in its spec, and
+    the plan's cost at that price in `plan_summary`."""
+    from dataclasses import replace
+
+    from engine.run.cost import resolve_price
+
+    if spec.budget.price is not None and given is None:
+        return spec  # a spec file with its own price
+    if given is not None and not (given >= 0 and given != float("inf")):
+        replace(spec, budget=replace(spec.budget, price=given)).validate()  # names the flag
+    price, source = resolve_price(plan_summary.get("gpu"), given=given, on_cpu=spec.device == "cpu")
+    if price is not None:
+        gpus = spec.training.num_gpus * spec.distributed.nodes
+        for key, cost_key in (("eta_s", "cost_usd"), ("eta_band_s", "cost_band_usd")):
+            eta = plan_summary.get(key)
+            if isinstance(eta, (int, float)):
+                plan_summary[cost_key] = round(eta / 3600 * price * gpus, 4)
+            elif isinstance(eta, list):
+                plan_summary[cost_key] = [round(e / 3600 * price * gpus, 4) for e in eta]
+    budget = replace(spec.budget, price=price, price_source=source)
+    return replace(spec, budget=budget).validate()
 
 
 def default_lr(stage: str, method: str, init: str) -> float:
@@ -268,6 +333,8 @@ def _planned_config(args: argparse.Namespace, pinned: dict[str, Any]) -> tuple[A
         "allocated_gib": round(best.memory.allocated_gib, 2),
         "peak_phase": best.memory.peak_phase,
         "tokens_per_s": round(best.tokens_per_s, 1),
+        "eta_s": round(best.eta_s, 1),
+        "eta_band_s": [round(v, 1) for v in best.eta_band],
     }
     return best.config, summary
 
@@ -372,8 +439,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = reconcile(run)
     info = run_info(run)
     checkpoints = [p.name for p in run.checkpoints_complete()]
+    from engine.run.cost import run_cost
+
+    cost = run_cost(run, state, now=time.time())
     if args.json:
-        _print_json({**info.to_dict(), "state": state, "checkpoints": checkpoints})
+        _print_json(
+            {**info.to_dict(), "state": state, "checkpoints": checkpoints, "cost": cost.to_dict()}
+        )
         return 0
     out = [
         f"{info.run_id}: {info.label}",
@@ -381,6 +453,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  progress {info.step}/{info.max_steps}, last loss {info.loss}",
         f"  checkpoints: {', '.join(checkpoints) or 'none'}",
     ]
+    out.extend(cost_lines(cost, final=state.get("status") in ("completed", "failed", "stopped")))
     if info.eval:
         out.append(f"  eval: {_eval_label(info.eval)} (`ftui eval {info.run_id} --status`)")
     if state.get("note"):
@@ -389,6 +462,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.append(f"  | {line}")
     sys.stdout.write("\n".join(out) + "\n")
     return 0
+
+
+def cost_lines(cost: Any, *, final: bool) -> list[str]:
+    """`ftui status`'s money: so far, projected (measured pace) and the plan's, and the caps."""
+    from engine.humanize import duration
+    from engine.run.cost import money
+
+    if cost.price_per_gpu_hour is None:
+        line = f"  cost: no price (ran {duration(cost.elapsed_s)}; launch with --price USD)"
+    else:
+        gpus = f"{cost.gpus} GPU" + ("s" if cost.gpus != 1 else "")
+        line = (
+            f"  cost {money(cost.spent_usd)} {'in all' if final else 'so far'} "
+            f"({duration(cost.elapsed_s)} × {gpus} × {money(cost.price_per_gpu_hour)}/GPU-h)"
+        )
+        if not final:
+            line += f", projected {money(cost.projected_usd)}"
+            if cost.projected_s is not None:
+                line += f" in {duration(cost.projected_s)}"
+    if cost.plan_usd is not None:
+        band = cost.plan_band_usd
+        line += f"; plan {money(cost.plan_usd)}" + (
+            f" ({money(band[0])}–{money(band[1])})" if band else ""
+        )
+    out = [line]
+    caps = []
+    if cost.max_cost is not None:
+        caps.append(f"--max-cost {money(cost.max_cost)}")
+    if cost.max_hours is not None:
+        caps.append(f"--max-hours {cost.max_hours:g}")
+    if caps:
+        out.append(f"  caps: {', '.join(caps)}")
+    return out
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -440,7 +546,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from engine.run.operations import resume
     from engine.run.rundir import find_run
 
-    checkpoint = resume(find_run(args.run))
+    caps = {"max_cost": args.max_cost, "max_hours": args.max_hours}
+    checkpoint = resume(find_run(args.run), budget={k: v for k, v in caps.items() if v is not None})
     sys.stdout.write(f"resuming from {checkpoint}\n")
     return 0
 

@@ -1,5 +1,5 @@
-"""The top of the dashboard: run id and status, model and method, progress, ETA, the latest
-loss / learning rate / throughput."""
+"""The top of the dashboard: run id and status, model and method, progress, ETA and cost, the
+latest loss / learning rate / throughput."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline, Static
 
 from engine.humanize import duration
+from engine.run.cost import Cost, money
 from tui.screens.dashboard.model import DashFrame, number
 from tui.widgets.chart import compact
 
@@ -22,7 +23,22 @@ def status_label(frame: DashFrame) -> str:
     return frame.status
 
 
-def progress_text(frame: DashFrame) -> str:
+def cost_text(cost: Cost | None, *, final: bool) -> str:
+    """`$0.12 → $0.40 (plan $0.35)`: spent so far, the projection at the measured pace, the
+    plan's; empty when the run has no price."""
+    if cost is None or cost.spent_usd is None:
+        return ""
+    text = f"[b]{money(cost.spent_usd)}[/b]"
+    if not final and cost.projected_usd is not None:
+        text += f" → {money(cost.projected_usd)}"
+    if cost.plan_usd is not None:
+        text += f" (plan {money(cost.plan_usd)})"
+    if cost.max_cost is not None:
+        text += f" cap {money(cost.max_cost)}"
+    return text
+
+
+def progress_text(frame: DashFrame, cost: Cost | None = None) -> str:
     parts = []
     if frame.step is not None:
         total = f" / {frame.max_steps:,}" if frame.max_steps else ""
@@ -39,6 +55,9 @@ def progress_text(frame: DashFrame) -> str:
             parts.append(f"ETA {duration(frame.eta_seconds)}")
         if frame.last_step_age is not None:
             parts.append(f"last step {duration(frame.last_step_age)} ago")
+    money_text = cost_text(cost, final=frame.status in ("completed", "failed", "stopped"))
+    if money_text:
+        parts.append(money_text)
     return " · ".join(parts)
 
 
@@ -77,6 +96,7 @@ def set_text(widget: Static, text: str, *, layout: bool = False) -> None:
 
 class RunHeader(Vertical):
     on_cpu = False  # set by the screen from the run's spec (state.json has no device)
+    cost: Cost | None = None  # set by the screen (read with the frame, off the UI thread)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="dash-title-row"):
@@ -116,7 +136,7 @@ class RunHeader(Vertical):
         progress = min(total, frame.step or 0)
         if (self._bar.total, self._bar.progress) != (total, progress):
             self._bar.update(total=total, progress=progress)
-        set_text(self._progress, progress_text(frame))
+        set_text(self._progress, progress_text(frame, self.cost))
         set_text(self._metrics, metrics_text(frame))
         set_text(self._throughput, throughput_text(frame))
         if list(self._spark.data or []) != frame.tokens_hist:
@@ -124,4 +144,4 @@ class RunHeader(Vertical):
 
     def show_age(self, frame: DashFrame) -> None:
         """Only the wall-clock part changed (a live run without new lines)."""
-        set_text(self._progress, progress_text(frame))
+        set_text(self._progress, progress_text(frame, self.cost))

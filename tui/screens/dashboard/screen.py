@@ -6,6 +6,10 @@ finished one (replay: read once, then only state.json is watched) and a run star
 another session. One thread worker (group `dash-tail`) reads the files and builds a
 `DashFrame`; it posts one message per refresh and the next refresh is armed only once that
 message was handled, so reads never stack up. Widgets are touched on the UI thread only.
+
+When a run this screen watched live ends, fails or stalls, it rings the terminal bell and sends
+an OSC 9 desktop notification (iTerm2, WezTerm, kitty, Windows Terminal...; other terminals
+ignore it), for the user who is looking at another window.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from engine.machine.hardware import NvmlBackend
 from engine.monitor.alerts import Alert
 from engine.monitor.reading import TextTail, read_spec
 from engine.monitor.store import MetricsStore
+from engine.run.cost import Cost, run_cost
 from engine.run.rundir import FINAL, RunDir
 from tui.screens.dashboard.events import EventList
 from tui.screens.dashboard.gpu import DashGpuPanel
@@ -36,6 +41,8 @@ from tui.screens.dashboard.model import DashFrame, build_frame
 from tui.widgets.chart import BrailleChart
 
 RECONCILE_SECONDS = 5.0  # how often a live run's processes are checked (a dead run → failed)
+COST_SECONDS = 5.0  # how often the cost is read again (events, spec and plan of the run)
+TELL_KINDS = ("completed", "stopped", "failed", "died", "oom", "nan", "stall")
 MAX_NOTIFY = 3  # alerts found in one refresh (a replayed history) beyond this are summarised
 
 
@@ -57,8 +64,10 @@ class DashboardRefreshed(Message):
         log_reset: bool = False,
         log_lines: list[str] | None = None,
         error: str | None = None,
+        cost: Cost | None = None,
     ) -> None:
         super().__init__()
+        self.cost = cost
         self.frame = frame
         self.last_step_age = last_step_age
         self.log_reset = log_reset
@@ -138,6 +147,10 @@ class DashboardScreen(Screen[None]):
         self._measured: set[str] = set()  # what has been measured on screen yet
         self._error: str | None = None  # the last read error (notified once)
         self._on_cpu: bool | None = None  # from spec.yaml, read once by the worker
+        self._cost: Cost | None = None  # the worker's last reading
+        self._cost_read = 0.0
+        self._cost_status: str | None = None
+        self._seen_live = False  # ring the bell only for a run watched while it ran
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -214,7 +227,11 @@ class DashboardScreen(Screen[None]):
             )
         since = store.last_progress_t()
         age = now - since if since is not None and store.status not in FINAL else None
-        return DashboardRefreshed(frame, age, log_reset, log_lines)
+        if now - self._cost_read >= COST_SECONDS or store.status != self._cost_status:
+            self._cost_read, self._cost_status = now, store.status
+            eta = store.progress().eta_seconds if store.status not in FINAL else 0.0
+            self._cost = run_cost(self.run, store.state, now=now, remaining_s=eta)
+        return DashboardRefreshed(frame, age, log_reset, log_lines, cost=self._cost)
 
     def _reconcile(self) -> None:
         """A run whose supervisor died without a word is recorded as failed (killed)."""
@@ -245,6 +262,10 @@ class DashboardScreen(Screen[None]):
             if message.error and message.error != self._error:
                 self.notify(message.error, severity="error")
             self._error = message.error
+            cost_changed = self._header.cost != message.cost
+            self._header.cost = message.cost
+            if message.frame is None and self.frame is not None and cost_changed:
+                self._header.show_age(self.frame)  # the progress row carries the cost
             if message.frame is not None:
                 self.show(message.frame)
             elif self.frame is not None and self.frame.last_step_age != message.last_step_age:
@@ -260,6 +281,7 @@ class DashboardScreen(Screen[None]):
 
     def show(self, frame: DashFrame) -> None:
         self.frame = frame
+        self._seen_live = self._seen_live or frame.status not in FINAL
         self.set_class(frame.stalled, "-stalled")
         self._header.on_cpu = bool(self._on_cpu)
         self._header.show(frame)
@@ -331,6 +353,20 @@ class DashboardScreen(Screen[None]):
                 alert.kind, alert.kind
             )
             self.notify(alert.message, title=title, severity=alert.severity)  # type: ignore[arg-type]
+        told = [a for a in alerts if a.kind in TELL_KINDS]
+        if told and self._seen_live:
+            self.tell_desktop(f"ftui {self.run.run_id}: {told[-1].message}")
+
+    def tell_desktop(self, text: str) -> None:
+        """The terminal bell, and an OSC 9 desktop notification. Textual has no public way to
+        write an escape sequence; its own `bell()` writes through the driver, as this does."""
+        self.app.bell()
+        driver = getattr(self.app, "_driver", None)
+        if driver is None or self.app.is_headless:
+            return
+        clean = "".join(c for c in text if c.isprintable())[:200]  # no ESC/BEL inside
+        with contextlib.suppress(Exception):
+            driver.write(f"\x1b]9;{clean}\x07")
 
     # -- actions ---------------------------------------------------------------------------------
     def action_back(self) -> None:

@@ -1,6 +1,10 @@
-"""The machine view: every GPU as a panel, plus CPU/RAM/disk; refreshes about once a second."""
+"""The machine view: every GPU as a panel, plus CPU/RAM/disk; refreshes about once a second.
+After a run ends it says how long the GPUs have been idle, and what that costs at the run's
+price (a rented box bills on)."""
 
 from __future__ import annotations
+
+import time
 
 from textual import work
 from textual.app import ComposeResult
@@ -9,13 +13,27 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from engine.humanize import duration
 from engine.machine.hardware import MachineSnapshot, NvmlBackend, make_backend
+from engine.run.cost import Idle, machine_idle, money
 from tui.messages import MachineUpdated
 from tui.screens.machine.gpu_panel import GpuPanel
 from tui.screens.machine.host_panel import HostPanel
 from tui.screens.machine.simulate import SimulateScreen
 
 REFRESH_SECONDS = 1.0
+IDLE_SECONDS = 10.0  # how often the runs are looked through for the idle line
+
+
+def idle_text(idle: Idle | None, now: float) -> str:
+    if idle is None:
+        return ""
+    seconds = max(0.0, now - idle.ended_at)
+    text = f"GPUs idle for [b]{duration(seconds)}[/b] since run {idle.run_id} ended"
+    if idle.usd_per_hour is not None:
+        spent = seconds / 3600 * idle.usd_per_hour
+        text += f" · at its {money(idle.usd_per_hour)}/h that is {money(spent)} so far"
+    return text
 
 
 class MachineScreen(Screen[None]):
@@ -30,11 +48,14 @@ class MachineScreen(Screen[None]):
         self.refresh_seconds = refresh_seconds
         self.snapshot: MachineSnapshot | None = None
         self.polls = 0
+        self.idle: Idle | None = None  # written by the worker, shown by the UI thread
+        self._idle_read = 0.0
 
     def compose(self) -> ComposeResult:
         yield Header()
         with VerticalScroll(id="machine"):
             yield Static("Reading the GPUs…", id="machine-status")
+            yield Static("", id="machine-idle")
             yield VerticalScroll(id="gpus")
             yield HostPanel(id="host")
         yield Footer()
@@ -46,7 +67,15 @@ class MachineScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="nvml")
     def poll(self) -> None:
         """Read NVML off the UI thread; the next poll is armed once this one is handled."""
-        self.post_message(MachineUpdated(self.backend.snapshot()))
+        snapshot = self.backend.snapshot()
+        now = time.time()
+        if now - self._idle_read >= IDLE_SECONDS:
+            self._idle_read = now
+            try:
+                self.idle = machine_idle(host=snapshot.host.hostname)
+            except OSError:
+                self.idle = None
+        self.post_message(MachineUpdated(snapshot))
 
     def on_machine_updated(self, message: MachineUpdated) -> None:
         self.polls += 1
@@ -75,6 +104,9 @@ class MachineScreen(Screen[None]):
                 "(for example h100x8), or run `ftui --simulate h100x8`."
             )
             status.set_class(True, "-warning")
+        idle = self.query_one("#machine-idle", Static)
+        idle.update(idle_text(self.idle, time.time()) if snapshot.has_gpu else "")
+        idle.display = bool(snapshot.has_gpu and self.idle)
         self._show_gpus(snapshot)
         self.query_one(HostPanel).show(snapshot.host)
 
