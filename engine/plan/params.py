@@ -30,7 +30,7 @@ from engine.paths import ftui_cache
 from engine.training_config import ALL_LINEAR, TrainingConfig
 
 # Bump when what is counted changes: old cache entries are then ignored.
-SCHEMA = 2
+SCHEMA = 3
 ROLES = (
     "embedding",  # input (and position) embeddings
     "lm_head",  # the output head when it is not tied to the embeddings
@@ -76,6 +76,9 @@ class ParamRoles:
     transformers_version: str = ""
     reason: str = ""  # why the closed form stands (source "closed-form")
     model_class: str = ""
+    # Linear names PEFT refuses to adapt in this architecture (Mamba's out_proj): all-linear
+    # leaves them out.
+    unadaptable: tuple[str, ...] = ()
 
     def role(self, name: str) -> int:
         return self.roles.get(name, 0)
@@ -83,6 +86,7 @@ class ParamRoles:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["linears"] = [asdict(group) for group in self.linears]
+        data["unadaptable"] = list(self.unadaptable)
         return data
 
     @classmethod
@@ -98,6 +102,7 @@ class ParamRoles:
             transformers_version=str(data.get("transformers_version", "")),
             reason=str(data.get("reason", "")),
             model_class=str(data.get("model_class", "")),
+            unadaptable=tuple(data.get("unadaptable", ())),
         )
 
 
@@ -223,7 +228,8 @@ def adapted_groups(roles: ParamRoles, config: TrainingConfig) -> list[LinearGrou
     (fused 3-D experts are parameters, not Linears: all-linear leaves them alone); an explicit
     list matches module names."""
     if ALL_LINEAR in config.targets:
-        return list(roles.linears)
+        skip = set(roles.unadaptable)
+        return [group for group in roles.linears if group.name not in skip]
     wanted = set(config.targets)
     return [group for group in roles.linears if group.name in wanted]
 
@@ -253,6 +259,45 @@ def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingC
             per += 4 * group.out_features
         total += share * per / layers
     return total
+
+
+def peft_target_modules(model: Any, targets: tuple[str, ...]) -> str | list[str]:
+    """PEFT's `target_modules` for ftui's targets. all-linear is PEFT's meaning (every Linear
+    but the output head) restricted to plain Linear layers: PEFT would also wrap Linear
+    subclasses whose forward returns something else (Llama 4's router returns a tuple, and
+    LoRA's forward then fails)."""
+    import torch
+
+    if ALL_LINEAR not in targets:
+        return list(targets)
+    extras = {t for t in targets if t != ALL_LINEAR}
+    output = model.get_output_embeddings()
+    plain: set[str] = set()
+    subclassed = False
+    for name, module in model.named_modules():
+        if not name or module is output:
+            continue
+        if type(module) is torch.nn.Linear or type(module).__name__ in _ADAPTABLE_CLASSES:
+            plain.add(name.rsplit(".", 1)[-1])
+        elif isinstance(module, torch.nn.Linear):
+            subclassed = True
+    skip = set(peft_unadaptable(model))
+    if not subclassed and not extras and not skip & plain:
+        return ALL_LINEAR
+    return sorted((plain - skip) | extras)
+
+
+# Besides plain Linear: GPT-2's Conv1D and bitsandbytes' quantised layers (PEFT wraps them).
+_ADAPTABLE_CLASSES = frozenset({"Conv1D", "Linear4bit", "Linear8bitLt"})
+# PEFT refuses LoRA on these modules of Mamba-style models, even through its own all-linear
+# (peft.tuners.tuners_utils._check_lora_target_modules_mamba).
+_MAMBA_TYPES = frozenset({"falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h"})
+_MAMBA_UNADAPTABLE = ("conv1d", "out_proj")
+
+
+def peft_unadaptable(model: Any) -> tuple[str, ...]:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return _MAMBA_UNADAPTABLE if model_type in _MAMBA_TYPES else ()
 
 
 # -- counting on the meta device ---------------------------------------------------------------
@@ -321,7 +366,9 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         kind = type(module).__name__
-        linear = isinstance(module, torch.nn.Linear) or kind == "Conv1D"
+        # bitsandbytes converts plain Linear (and GPT-2's Conv1D) only, and ftui adapts the
+        # same: subclasses such as Llama 4's router return tuples and stay 16-bit.
+        linear = type(module) is torch.nn.Linear or kind == "Conv1D"
         if linear and module is not output:
             weight = module.weight
             if kind == "Conv1D":  # GPT-2's transposed linear: weight is (in, out)
@@ -364,6 +411,7 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
         source="meta",
         transformers_version=version,
         model_class=type(model).__name__,
+        unadaptable=peft_unadaptable(model),
     )
 
 
@@ -430,6 +478,7 @@ __all__ = [
     "lora_param_count",
     "lora_saved_input_bytes",
     "param_roles",
+    "peft_target_modules",
     "roles_of_model",
 ]
 

@@ -66,7 +66,7 @@ def plan_to_dict(
         out["dataset"] = stats.to_dict()
     if dry is not None:
         dry_dict = dry.to_dict()
-        if chosen is not None:
+        if chosen is not None and "declined" not in dry_dict:
             analytic = chosen.memory.allocated_bytes
             dry_dict["analytic_allocated_gib"] = round(analytic / 1024**3, 3)
             dry_dict["difference"] = round(

@@ -202,10 +202,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     result = plan(request)
     dry = None
     if args.dry_run and (result.best or result.alternatives):
-        from engine.plan.dryrun.entry import dry_run
+        from engine.plan.dryrun.entry import dry_run_or_decline
 
         target = result.best or result.alternatives[0]
-        dry = dry_run(arch, target.config)
+        dry = dry_run_or_decline(arch, target.config)
     from engine.plan.report import plan_to_dict
     from tui.cli.render_plan import print_plan
 

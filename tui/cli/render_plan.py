@@ -160,7 +160,9 @@ def print_plan(
     console.print(speed)
     for note in mem.notes:
         console.print(f"[dim]note: {note}[/dim]")
-    if dry is not None:
+    if dry is not None and hasattr(dry, "reason"):  # declined
+        console.print(f"dry run declined: {dry.reason}; the analytic estimate stands")
+    elif dry is not None:
         diff = (mem.allocated_bytes - dry.peak_allocated_bytes) / max(dry.peak_allocated_bytes, 1)
         console.print(
             f"dry run: {dry.peak_allocated_bytes / GIB:.2f} GiB allocated at the "

@@ -31,12 +31,14 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import FtuiError
 from engine.models import ModelArch
 from engine.plan.dryrun.bnb import bnb_optimizer
 from engine.plan.dryrun.model import (
     DryRunError,
     build_model,
     count_params,
+    one_line,
     retie,
     shared_parameters,
 )
@@ -47,10 +49,12 @@ from engine.training_config import TrainingConfig
 __all__ = [
     "GIB",
     "PHASES",
+    "DryRunDeclined",
     "DryRunError",
     "DryRunResult",
     "MemoryLedger",
     "dry_run",
+    "dry_run_or_decline",
     "track_memory",
 ]
 
@@ -101,13 +105,47 @@ class DryRunResult:
 # -- the dry run ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DryRunDeclined:
+    """A dry run that could not run this model/config: why, in one line. The analytic
+    estimate stands."""
+
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"declined": self.reason, "analytic_estimate_stands": True}
+
+
+def dry_run_or_decline(arch: ModelArch, config: TrainingConfig) -> DryRunResult | DryRunDeclined:
+    """The dry run, or the one line saying why it cannot run (never an exception)."""
+    try:
+        return dry_run(arch, config)
+    except DryRunError as exc:
+        return DryRunDeclined(exc.message)
+
+
 def dry_run(arch: ModelArch, config: TrainingConfig, *, steps: int = 2) -> DryRunResult:
-    """Train `steps` steps of `arch` under `config` on fake tensors; report the memory."""
+    """Train `steps` steps of `arch` under `config` on fake tensors; report the memory.
+
+    Anything that goes wrong inside transformers, PEFT or torch is a `DryRunError` with one
+    line saying what could not be done."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1 (got {steps})")
-    start = time.perf_counter()
     config.validate()
     _import_stack()
+    try:
+        return _dry_run(arch, config, steps)
+    except FtuiError:
+        raise
+    except Exception as exc:  # a model's code the dry run cannot follow: say so, in one line
+        raise DryRunError(
+            f"the dry run of {arch.name} ({arch.model_type}) cannot run: {one_line(exc)}",
+            "the analytic estimate stands",
+        ) from exc
+
+
+def _dry_run(arch: ModelArch, config: TrainingConfig, steps: int) -> DryRunResult:
+    start = time.perf_counter()
     import torch
 
     notes: list[str] = []
@@ -140,9 +178,9 @@ def dry_run(arch: ModelArch, config: TrainingConfig, *, steps: int = 2) -> DryRu
             _train(model, optimizer, [p for _, p in trainable], config, steps, autocast, ledger)
         except Exception as exc:
             raise DryRunError(
-                f"the dry run of {arch.name} failed in the {ledger.phase} phase: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                "rely on the analytic estimate for this model/config",
+                f"the dry run of {arch.name} ({arch.model_type}) failed in the {ledger.phase} "
+                f"phase: {one_line(exc)}",
+                "the analytic estimate stands",
             ) from exc
         ledger.set_phase("done")
         gc.collect()

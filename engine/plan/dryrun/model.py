@@ -19,11 +19,18 @@ from typing import Any
 from engine.errors import FtuiError
 from engine.models import ModelArch
 from engine.plan.dryrun.bnb import quantize_4bit, register_lora_4bit
-from engine.training_config import ALL_LINEAR, TrainingConfig
+from engine.plan.params import decode_floats, peft_target_modules
+from engine.training_config import TrainingConfig
 
 
 class DryRunError(FtuiError):
     """The dry run could not build or train this model/config combination."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:240]}" if lines else type(exc).__name__
 
 
 @dataclass
@@ -99,7 +106,7 @@ def _flash_attention_standin() -> str:
 
 
 def _hf_config_dict(raw: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    cfg = dict(raw)
+    cfg: dict[str, Any] = decode_floats(dict(raw))  # inf/nan as transformers 5 writes them
     # config.json has sliding_window null for Mistral v0.2+; MistralConfig's default is 4096.
     if cfg.get("model_type") == "mistral" and "sliding_window" not in cfg:
         cfg["sliding_window"] = None
@@ -150,7 +157,8 @@ def _from_config(arch: ModelArch, dtype: Any, attn: str, notes: list[str]) -> An
                 notes.append("multimodal model: the text model alone was simulated")
             return model
     raise DryRunError(
-        f"transformers cannot build {arch.name} ({arch.model_type}) as a causal LM: {failure}",
+        f"transformers cannot build {arch.name} ({arch.model_type}) as a causal LM: "
+        f"{one_line(failure) if failure else 'no model_type'}",
         "upgrade transformers, or plan with the analytic estimate only",
     )
 
@@ -168,23 +176,6 @@ def _enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _lora_targets(model: Any, config: TrainingConfig) -> str | list[str]:
-    import torch
-
-    if ALL_LINEAR not in config.targets:
-        return list(config.targets)
-    extras = [t for t in config.targets if t != ALL_LINEAR]
-    if not extras:
-        return ALL_LINEAR
-    output = model.get_output_embeddings()
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and module is not output and name
-    }
-    return sorted(names | set(extras))
-
-
 def _apply_lora(model: Any, config: TrainingConfig) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -192,7 +183,7 @@ def _apply_lora(model: Any, config: TrainingConfig) -> Any:
     lora_config = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
-        target_modules=_lora_targets(model, config),
+        target_modules=peft_target_modules(model, config.targets),
         use_dora=config.dora,
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
@@ -202,9 +193,9 @@ def _apply_lora(model: Any, config: TrainingConfig) -> Any:
     try:
         with torch.device("meta"):
             return get_peft_model(model, lora_config)
-    except ValueError as exc:
+    except Exception as exc:  # PEFT refuses targets, or a module type it cannot wrap
         raise DryRunError(
-            f"PEFT cannot apply LoRA to {', '.join(config.targets)}: {exc}",
+            f"PEFT cannot apply LoRA to {', '.join(config.targets)}: {one_line(exc)}",
             "use --targets all-linear, or module names this model has",
         ) from exc
 

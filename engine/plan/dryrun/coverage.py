@@ -1,0 +1,237 @@
+"""Every causal-LM architecture of the installed transformers, small: does ftui plan it right?
+
+For each model type transformers maps to a causal LM, its default config is shrunk (2-4
+layers, 4 experts, a small hidden size, a small vocabulary) and checked:
+  1. ftui's parameter count (engine/plan/params.py) equals the model's own count;
+  2. the dry run completes, or declines in one line;
+  3. the analytic estimate is within `TOLERANCE` of the dry run for LoRA and a full
+     fine-tune at two sequence lengths.
+
+tests/engine/test_architectures.py runs it per architecture; `python -m
+engine.plan.dryrun.coverage` prints the table docs/estimator.md shows. torch and transformers
+are imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import FtuiError
+from engine.models import ModelArch, check_causal_lm
+from engine.training_config import TrainingConfig
+
+TOLERANCE = 0.10
+SEQ_LENS = (128, 512)
+METHODS = ("lora", "full")
+LAYERS, EXPERTS, EXPERTS_PER_TOKEN = 2, 4, 2
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, MOE_FFN, VOCAB = 256, 4, 2, 64, 512, 128, 2048
+
+# Layer counts and dimensions as config keys spell them; a key is only changed when present.
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts", "top_k")
+_DIMENSIONS = {
+    "hidden_size": HIDDEN,
+    "n_embd": HIDDEN,
+    "d_model": HIDDEN,
+    "num_attention_heads": HEADS,
+    "n_head": HEADS,
+    "num_key_value_heads": KV_HEADS,
+    "head_dim": HEAD_DIM,
+    "intermediate_size": FFN,
+    "n_inner": FFN,
+    "ffn_dim": FFN,
+    "moe_intermediate_size": MOE_FFN,
+    "shared_expert_intermediate_size": MOE_FFN,
+    "intermediate_size_mlp": FFN,
+    "vocab_size": VOCAB,
+    # multi-head latent attention
+    "q_lora_rank": 64,
+    "kv_lora_rank": 32,
+    "qk_rope_head_dim": 16,
+    "qk_nope_head_dim": 32,
+    "v_head_dim": 32,
+    "n_group": 1,
+    "topk_group": 1,
+}
+
+
+@dataclass
+class Measurement:
+    method: str
+    seq_len: int
+    dry_gib: float
+    analytic_gib: float
+
+    @property
+    def error(self) -> float:
+        return (self.analytic_gib - self.dry_gib) / self.dry_gib if self.dry_gib else 0.0
+
+
+@dataclass
+class CoverageRow:
+    model_type: str
+    status: str  # "checked", "declined" (the dry run cannot run it) or "not planned"
+    reason: str = ""
+    params: int = 0  # ftui's count
+    model_params: int = 0  # the model's own count
+    shrunk: str = ""  # what was shrunk
+    measurements: list[Measurement] = field(default_factory=list)
+
+    @property
+    def worst_error(self) -> float:
+        return max((abs(m.error) for m in self.measurements), default=0.0)
+
+
+def causal_lm_types() -> list[str]:
+    """Every model type the installed transformers maps to a causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
+    out = dict(cfg)
+    layers = next((out[k] for k in _LAYER_KEYS if isinstance(out.get(k), int)), None)
+    # Patterned stacks (dense first layers, interleaved MoE or attention types) keep 4 layers
+    # so that each kind of layer is there.
+    patterned = any(
+        out.get(k) not in (None, 0, 1, [])
+        for k in (
+            "first_k_dense_replace",
+            "interleave_moe_layer_step",
+            "full_attention_interval",
+            "sliding_window_pattern",
+            "attn_layer_period",
+            "expert_layer_period",
+            "decoder_sparse_step",
+            "mlp_only_layers",
+        )
+    ) or isinstance(out.get("layer_types"), list)
+    n_layers = min(layers or LAYERS, 4 if patterned else LAYERS)
+    for key in _LAYER_KEYS:
+        if isinstance(out.get(key), int):
+            out[key] = n_layers
+    for key, value in list(out.items()):
+        if isinstance(value, list) and len(value) == layers and key.endswith(("types", "_layers")):
+            out[key] = value[:n_layers]  # per-layer lists follow the layer count
+    for key in _EXPERT_KEYS:
+        if isinstance(out.get(key), int) and out[key] > EXPERTS:
+            out[key] = EXPERTS
+    for key in _TOP_K_KEYS:
+        if isinstance(out.get(key), int) and out[key] > EXPERTS_PER_TOKEN:
+            out[key] = EXPERTS_PER_TOKEN
+    if dims:
+        for key, value in _DIMENSIONS.items():
+            if isinstance(out.get(key), int) and out[key] > value:
+                out[key] = value
+        if isinstance(out.get("qk_rope_head_dim"), int) and "head_dim" in out:
+            out["head_dim"] = out["qk_rope_head_dim"]  # MLA's head_dim is its rotary part
+        vocab = out.get("vocab_size")
+        for key, value in list(out.items()):
+            # special tokens must stay inside the smaller vocabulary
+            if key.endswith("token_id") and isinstance(value, int) and isinstance(vocab, int):
+                out[key] = min(value, vocab - 1)
+    if isinstance(out.get("text_config"), dict):
+        out["text_config"] = _shrink(out["text_config"], dims)
+    return out
+
+
+def small_config(model_type: str) -> tuple[dict[str, Any], str]:
+    """The shrunk default config of `model_type` (as config.json holds it) and what was
+    shrunk: layers, experts and dimensions, or only layers and experts when transformers
+    refuses the smaller dimensions."""
+    from transformers import AutoConfig
+
+    from engine.plan.params import build_on_meta
+
+    default = json.loads(AutoConfig.for_model(model_type).to_json_string())
+    failure: Exception | None = None
+    for dims in (True, False):
+        candidate = _shrink(default, dims)
+        try:
+            build_on_meta(candidate)
+        except Exception as exc:  # this shrink does not hold together: try a milder one
+            failure = exc
+            continue
+        return candidate, "layers, experts, dimensions" if dims else "layers, experts"
+    raise RuntimeError(f"transformers cannot build it from its default config: {failure}")
+
+
+def check_architecture(model_type: str) -> CoverageRow:
+    """Shrink, count, dry-run and compare one architecture (see the module's docstring)."""
+    from engine.plan.dryrun.entry import DryRunDeclined, dry_run_or_decline
+    from engine.plan.dryrun.model import one_line
+    from engine.plan.estimator import GIB, estimate_memory
+    from engine.plan.params import param_roles
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            config, shrunk = small_config(model_type)
+        except Exception as exc:  # cannot even be built: nothing to plan
+            return CoverageRow(model_type, "not planned", one_line(exc))
+    try:
+        check_causal_lm(config, model_type)
+    except FtuiError as exc:
+        return CoverageRow(model_type, "not planned", exc.message, shrunk=shrunk)
+    arch = ModelArch(name=model_type, source="dir", config=config)
+    roles = param_roles(arch)
+    row = CoverageRow(model_type, "checked", shrunk=shrunk, params=roles.total if roles else 0)
+    for method in METHODS:
+        for seq_len in SEQ_LENS:
+            training = TrainingConfig(method=method, pure_bf16=method == "full", seq_len=seq_len)
+            dry = dry_run_or_decline(arch, training)
+            if isinstance(dry, DryRunDeclined):
+                row.status, row.reason = "declined", dry.reason
+                return row
+            row.model_params = dry.total_params - (dry.trainable_params if method == "lora" else 0)
+            analytic = estimate_memory(arch, training)
+            row.measurements.append(
+                Measurement(
+                    method, seq_len, dry.peak_allocated_bytes / GIB, analytic.allocated_bytes / GIB
+                )
+            )
+    return row
+
+
+def markdown_table(rows: list[CoverageRow]) -> str:
+    lines = [
+        "| architecture | status | parameters (ftui / model) | "
+        + " | ".join(f"{m} {s}" for m in METHODS for s in SEQ_LENS)
+        + " | note |",
+        "|---|---|---|" + "---:|" * (len(METHODS) * len(SEQ_LENS)) + "---|",
+    ]
+    for row in rows:
+        errors = {(m.method, m.seq_len): f"{m.error:+.1%}" for m in row.measurements}
+        cells = [errors.get((m, s), "") for m in METHODS for s in SEQ_LENS]
+        counts = f"{row.params:,} / {row.model_params:,}" if row.model_params else ""
+        note = row.reason.replace("|", "/")[:160]
+        cells_text = " | ".join(cells)
+        lines.append(f"| {row.model_type} | {row.status} | {counts} | {cells_text} | {note} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    types = argv or causal_lm_types()
+    rows = []
+    for model_type in types:
+        start = time.perf_counter()
+        row = check_architecture(model_type)
+        seconds = time.perf_counter() - start
+        rows.append(row)
+        print(
+            f"{model_type}: {row.status} {row.worst_error:.1%} {seconds:.1f}s {row.reason}",
+            file=sys.stderr,
+        )
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
