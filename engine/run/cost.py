@@ -97,26 +97,31 @@ def billed_gpus(spec_dict: dict[str, Any]) -> int:
     return max(1, int(training.get("num_gpus") or 1)) * max(1, int(distributed.get("nodes") or 1))
 
 
+# Events written from outside an attempt (by commands): they never extend one.
+_COMMAND_EVENTS = ("created", "resume", "budget_changed")
+
+
 def run_seconds(events: list[dict[str, Any]], *, live: bool, now: float) -> float:
-    """Wall time of every attempt: from each `supervisor_started` to the last event before the
-    next one (its `exited`, or whatever it wrote last when it was killed); a live run's last
-    attempt runs to `now`."""
+    """Wall time of every attempt: from each `supervisor_started` to its `exited` (or, when it
+    was killed, the last thing it wrote); a live run's last attempt runs to `now`."""
     total = 0.0
     start: float | None = None
-    last: float | None = None
+    last = 0.0
     for record in events:
-        t = record.get("t")
+        t, kind = record.get("t"), str(record.get("event"))
         if isinstance(t, bool) or not isinstance(t, (int, float)):
             continue
-        if record.get("event") == "supervisor_started":
-            if start is not None and last is not None:
+        if kind == "supervisor_started":
+            if start is not None:
                 total += max(0.0, last - start)
             start = last = float(t)
-        elif start is not None:
+        elif start is not None and kind not in _COMMAND_EVENTS and "by_user" not in kind:
             last = float(t)
+            if kind == "exited":
+                total += max(0.0, last - start)
+                start = None
     if start is not None:
-        end = now if live else (last if last is not None else start)
-        total += max(0.0, end - start)
+        total += max(0.0, (now if live else last) - start)
     return total
 
 
