@@ -73,6 +73,15 @@ def _load_base(target: ChatTarget, device: str) -> Any:
     return model
 
 
+def activate(model: Any, name: str) -> None:
+    """Make adapter `name` answer. PEFT's adaption prompt (llama-adapter) has no inference mode
+    flag; the chat runs under torch.inference_mode either way."""
+    if getattr(model, "peft_type", None) == "ADAPTION_PROMPT":
+        model.set_adapter(name)
+    else:
+        model.set_adapter(name, inference_mode=True)
+
+
 class ChatModel:
     """A loaded base model with its adapters and tokenizer. Answers one at a time."""
 
@@ -123,7 +132,7 @@ class ChatModel:
             for index, adapter in enumerate(others, start=3):
                 stage(index)
                 model.load_adapter(str(adapter.path), adapter_name=adapter.name)
-            model.set_adapter(first.name, inference_mode=True)
+            activate(model, first.name)
             model.eval()
         return cls(model, tokenizer, target, device)
 
@@ -144,7 +153,7 @@ class ChatModel:
             raise ChatError(f"{ref.name} of {run.run_id} holds no adapter", "pick another one")
         with self.lock:
             self.model.load_adapter(str(ref.path), adapter_name=ref.name)
-            self.model.set_adapter(self.primary, inference_mode=True)
+            activate(self.model, self.primary)
         self.adapters.append(ref.name)
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -405,7 +414,7 @@ class Generation:
                 if self.variant == BASE:
                     scope = model.disable_adapter()
                 elif chat.adapters:
-                    model.set_adapter(self.variant, inference_mode=True)
+                    activate(model, self.variant)
                 if self.settings.seed is not None:
                     torch.manual_seed(self.settings.seed)
                 inputs = self.inputs.to(model.device)
