@@ -97,6 +97,11 @@ def describe_event(record: dict[str, Any]) -> Event:
         "oom": f"out of GPU memory{at}",
         "train_end": f"training ended{at}" + (" (stopped)" if record.get("stopped") else ""),
         "exited": f"exited with code {record.get('returncode', '?')}: {record.get('status', '?')}",
+        "speed_stored": (
+            f"speed remembered for later plans (measured/model x{record['ratio']:.2f})"
+            if isinstance(record.get("ratio"), (int, float))
+            else f"speed not remembered: {record.get('not_stored', '?')}"
+        ),
     }
     failed = kind == "exited" and record.get("status") == "failed"
     severity = "info"

@@ -33,7 +33,7 @@ from engine.monitor.progress import Pace, Progress
 from engine.monitor.reading import JsonlSource
 from engine.monitor.records import Event, GpuHistory, bad_loss, describe_event, num, step_of
 from engine.monitor.series import Series
-from engine.run.probe import SPEED_STORE_INTERVALS, measured_tokens_per_s, store_measured_speed
+from engine.run.probe import measured_tokens_per_s
 from engine.run.rundir import FINAL, RunDir, read_json
 
 # Logged intervals the measured speed is taken over (the recent ones: a resumed or long run's
@@ -118,7 +118,7 @@ class MetricsStore:
         self._ema: float | None = None
         self._spikes = SpikeDetector(spike_factor, spike_warmup, spike_window, spike_min_delta)
         self._pace = Pace(eta_skip_steps)
-        # The measured speed, once remembered for later plans of this kind (or why not).
+        # The measured speed as the trainer remembered it for later plans (or why not).
         self.speed_stored: dict[str, Any] | None = None
 
     # -- public ----------------------------------------------------------------------------------
@@ -163,7 +163,6 @@ class MetricsStore:
         else:
             self._reads_after_final = 0
             self._read_files(now)
-        self.remember_speed()
         alerts = self.check_alerts(now)
         return RefreshResult(changed=self.version != before or bool(alerts), alerts=alerts)
 
@@ -200,26 +199,6 @@ class MetricsStore:
     def measured_tokens_per_s(self) -> float | None:
         """The run's steady job tokens/s so far (median of the logged intervals after warm-up)."""
         return measured_tokens_per_s(self.tokens_per_s.tail_values(SPEED_WINDOW))
-
-    def remember_speed(self) -> dict[str, Any] | None:
-        """Once enough steady intervals are in, store measured/modelled speed as a correction
-        for the next plan of this kind (engine.run.probe); once per store."""
-        if self.speed_stored is not None or not self.plan.get("gpu"):
-            return self.speed_stored
-        intervals = self.tokens_per_s.tail_values(SPEED_WINDOW)
-        measured = measured_tokens_per_s(intervals)
-        if measured is None or len(intervals) < SPEED_STORE_INTERVALS:
-            return None
-        from engine.errors import FtuiError
-        from engine.run.spec import RunSpec
-
-        try:
-            spec = RunSpec.from_yaml(self.run.spec.read_text(encoding="utf-8"))
-        except (OSError, FtuiError) as exc:
-            self.speed_stored = {"not_stored": f"no readable spec.yaml ({exc})"}
-            return self.speed_stored
-        self.speed_stored = store_measured_speed(spec, self.plan, measured)
-        return self.speed_stored
 
     def last_progress_t(self) -> float | None:
         """When the step last advanced (or training started, before the first step)."""
@@ -303,6 +282,8 @@ class MetricsStore:
             self._alert(("oom", step), oom_alert(step, event.t))
         elif event.kind == "budget_projection":
             self._alert(("budget", step, event.t), budget_alert(record))
+        elif event.kind == "speed_stored":  # the trainer remembered the run's speed
+            self.speed_stored = {k: v for k, v in record.items() if k not in ("t", "event")}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.state = state

@@ -94,6 +94,8 @@ def callback_class() -> type:
             self.attn = "sdpa"
             self.probe_at: int | None = None  # global step at which the probe measures
             self.budget: Any = None  # engine.run.cost.BudgetWatch on rank 0 of a capped run
+            self._speeds: list[float] = []  # per-interval tokens/s, until the speed is stored
+            self._speed_stored = False
 
         # -- helpers -------------------------------------------------------------------------------
         def _sync_flags(self, stop: bool, save: bool) -> tuple[bool, bool]:
@@ -263,7 +265,23 @@ def callback_class() -> type:
             if mem:
                 record["mem"] = mem
             append_jsonl(self.run.metrics, record)
+            if "tokens_per_s" in record:
+                self._remember_speed(record["tokens_per_s"])
             return control
+
+        def _remember_speed(self, tokens_per_s: float) -> None:
+            """Once the run's speed is steady, store it for the next plan of this kind (once)."""
+            from engine.run.probe import remember_run_speed
+
+            if self._speed_stored:
+                return
+
+            self._speeds.append(tokens_per_s)
+            try:
+                self._speed_stored = remember_run_speed(self.run, self._speeds) is not None
+            except Exception as exc:  # a correction never stops training
+                self._speed_stored = True
+                self.run.event("speed_stored", not_stored=f"{type(exc).__name__}: {exc}")
 
         def _probe(self, model: Any) -> None:
             """Measured peak vs the plan; remember the ratio for this setup."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from engine.run.rundir import RunDir
 from engine.run.spec import RunSpec
 
 PROBE_STEPS = 3
@@ -56,6 +57,32 @@ def measured_tokens_per_s(intervals: list[float]) -> float | None:
     steady.sort()
     middle = len(steady) // 2
     return steady[middle] if len(steady) % 2 else (steady[middle - 1] + steady[middle]) / 2
+
+
+def remember_run_speed(run: RunDir, intervals: list[float]) -> dict[str, Any] | None:
+    """Store a run's steady speed as a correction once it has `SPEED_STORE_INTERVALS` logged
+    intervals (None before: not yet). What was stored, or why not, goes to events.jsonl. The
+    trainer calls this (rank 0), so a run nobody watches corrects the next plan too."""
+    if len(intervals) < SPEED_STORE_INTERVALS:
+        return None
+    measured = measured_tokens_per_s(intervals)
+    if measured is None:
+        return None
+    from engine.errors import FtuiError
+    from engine.run.rundir import read_json
+
+    plan = read_json(run.plan)
+    if not plan.get("gpu"):
+        result: dict[str, Any] = {"not_stored": "the run has no GPU plan"}
+    else:
+        try:
+            spec = RunSpec.from_yaml(run.spec.read_text(encoding="utf-8"))
+        except (OSError, FtuiError) as exc:
+            result = {"not_stored": f"no readable spec.yaml ({exc})"}
+        else:
+            result = store_measured_speed(spec, plan, measured)
+    run.event("speed_stored", **result)
+    return result
 
 
 def store_measured_speed(spec: RunSpec, plan: dict[str, Any], measured: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from engine.monitor.store import MetricsStore
 from engine.plan.corrections import SpeedKey, load_speed_corrections
 from engine.plan.planner import Machine, PlanRequest, plan
 from engine.plan.report import plan_to_dict
+from engine.run.callbacks import make_callback
 from engine.run.probe import measured_tokens_per_s
 from engine.run.rundir import create_run_dir, write_json_atomic
 from engine.run.spec import RunSpec
@@ -54,11 +55,17 @@ def test_a_run_s_measured_speed_corrects_the_next_plan(tmp_path: Path) -> None:
             rate = 1.3 * planned if step > 2 else 0.2 * planned
             fh.write(json.dumps({"t": now + step, "step": step, "loss": 1.0, "tokens_per_s": rate}))
             fh.write("\n")
+    # The trainer's callback sees the same intervals as it logs them and remembers the speed
+    # once it is steady; a dashboard only shows what was remembered.
+    callback = make_callback(run)
+    for step in range(1, 15):
+        callback._remember_speed(1.3 * planned if step > 2 else 0.2 * planned)
     store = MetricsStore(run)
     store.refresh(now + 20)
     assert store.planned_tokens_per_s == pytest.approx(planned, rel=1e-3)
     assert store.measured_tokens_per_s == pytest.approx(1.3 * planned, rel=1e-3)
     assert store.speed_stored is not None and "ratio" in store.speed_stored
+    assert sum('"speed_stored"' in line for line in run.events.read_text().splitlines()) == 1
 
     key = SpeedKey(arch.model_type, "lora", "a100-80gb", 1).as_str()
     assert load_speed_corrections()[key].ratio == pytest.approx(1.3, rel=0.01)
