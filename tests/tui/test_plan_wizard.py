@@ -358,9 +358,18 @@ async def test_dry_run_runs_in_a_cancellable_worker(
         assert "analytic" in summary_of(screen)
 
 
+async def still(pilot: Any) -> PlanWizardScreen:
+    """The wizard planned, with no blinking cursor (a snapshot must not depend on timing)."""
+    screen = await open_wizard(pilot)
+    for box in screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+    return screen
+
+
 def test_plan_wizard_snapshot(snap_compare: Any) -> None:
     async def settle(pilot: Any) -> None:
-        await open_wizard(pilot)
+        await still(pilot)
 
     app = wizard_app(model="llama-3.1-8b")
     assert snap_compare(app, terminal_size=(120, 40), run_before=settle)
@@ -423,8 +432,7 @@ async def test_at_80_columns_the_wizard_shows_one_side_at_a_time() -> None:
 
 def test_plan_wizard_snapshot_80x24(snap_compare: Any) -> None:
     async def planned(pilot: Any) -> None:
-        await open_wizard(pilot)
-        await pilot.pause()
+        await still(pilot)
 
     app = wizard_app(model="qwen2.5-0.5b")
     assert snap_compare(app, terminal_size=(80, 24), run_before=planned)
@@ -432,7 +440,7 @@ def test_plan_wizard_snapshot_80x24(snap_compare: Any) -> None:
 
 def test_plan_wizard_plan_side_snapshot_80x24(snap_compare: Any) -> None:
     async def plan_side(pilot: Any) -> None:
-        await open_wizard(pilot)
+        await still(pilot)
         await pilot.press("ctrl+o")
         await pilot.pause()
 
