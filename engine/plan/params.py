@@ -30,7 +30,7 @@ from engine.paths import ftui_cache
 from engine.training_config import ALL_LINEAR, TrainingConfig
 
 # Bump when what is counted changes: old cache entries are then ignored.
-SCHEMA = 3
+SCHEMA = 4
 ROLES = (
     "embedding",  # input (and position) embeddings
     "lm_head",  # the output head when it is not tied to the embeddings
@@ -277,7 +277,7 @@ def peft_target_modules(model: Any, targets: tuple[str, ...]) -> str | list[str]
     for name, module in model.named_modules():
         if not name or module is output:
             continue
-        if type(module) is torch.nn.Linear or type(module).__name__ in _ADAPTABLE_CLASSES:
+        if adaptable_linear(module):
             plain.add(name.rsplit(".", 1)[-1])
         elif isinstance(module, torch.nn.Linear):
             subclassed = True
@@ -287,8 +287,18 @@ def peft_target_modules(model: Any, targets: tuple[str, ...]) -> str | list[str]
     return sorted((plain - skip) | extras)
 
 
-# Besides plain Linear: GPT-2's Conv1D and bitsandbytes' quantised layers (PEFT wraps them).
-_ADAPTABLE_CLASSES = frozenset({"Conv1D", "Linear4bit", "Linear8bitLt"})
+def adaptable_linear(module: Any) -> bool:
+    """A layer ftui's LoRA adapts: a Linear (subclasses such as Falcon's included), GPT-2's
+    Conv1D, bitsandbytes' quantised Linear; not a router built on Linear whose forward returns
+    a tuple (Llama 4's), which breaks LoRA's forward."""
+    import torch
+
+    kind = type(module).__name__
+    if kind == "Conv1D":
+        return True
+    return isinstance(module, torch.nn.Linear) and "Router" not in kind
+
+
 # PEFT refuses LoRA on these modules of Mamba-style models, even through its own all-linear
 # (peft.tuners.tuners_utils._check_lora_target_modules_mamba).
 _MAMBA_TYPES = frozenset({"falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h"})
@@ -366,10 +376,9 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         kind = type(module).__name__
-        # bitsandbytes converts plain Linear (and GPT-2's Conv1D) only, and ftui adapts the
-        # same: subclasses such as Llama 4's router return tuples and stay 16-bit.
-        linear = type(module) is torch.nn.Linear or kind == "Conv1D"
-        if linear and module is not output:
+        # bitsandbytes converts plain Linear (and GPT-2's Conv1D) only: subclasses stay 16-bit.
+        quantized = type(module) is torch.nn.Linear or kind == "Conv1D"
+        if adaptable_linear(module) and module is not output:
             weight = module.weight
             if kind == "Conv1D":  # GPT-2's transposed linear: weight is (in, out)
                 in_f, out_f = weight.shape[0], weight.shape[1]
@@ -383,7 +392,7 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
                 sums[1] += int(in_f)
                 sums[2] += int(out_f)
                 sums[3] += int(weight.numel())
-                quantizable += int(weight.numel())
+                quantizable += int(weight.numel()) if quantized else 0
         for param in module.parameters(recurse=False):
             if id(param) in seen:
                 continue

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import FtuiError
 from engine.machine.fakenvml import parse_simulate_spec
-from engine.models import resolve_model
+from engine.models import ModelArch, check_causal_lm, resolve_model
+from engine.plan.estimator import count_params
+from engine.plan.params import closed_form_reason, hf_config, param_roles
 from engine.plan.planner import Machine, PlanRequest, plan
+from engine.training_config import TrainingConfig
 
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -93,3 +97,61 @@ def test_a_config_transformers_cannot_build_falls_back_and_says_so(tmp_path: Pat
     per_layer = 2 * 1024 * 1024 + 2 * 1024 * 256 + 3 * 1024 * 2816 + 2 * 1024
     expected = 2 * 32000 * 1024 + 4 * per_layer + 1024
     assert chosen.memory.params.total - chosen.memory.params.lora == expected
+
+
+# -- every causal LM of the installed transformers, small ------------------------------------
+
+
+def _causal_lm_types() -> list[str]:
+    from engine.plan.dryrun.coverage import causal_lm_types
+
+    return causal_lm_types()
+
+
+def _small_or_skip(model_type: str) -> dict[str, object]:
+    from engine.plan.dryrun.coverage import small_config
+
+    try:
+        config, _ = small_config(model_type)
+    except RuntimeError as exc:  # transformers cannot build it from its own defaults
+        pytest.skip(str(exc).splitlines()[0][:200])
+    try:
+        check_causal_lm(config, model_type)
+    except FtuiError as exc:  # an encoder or encoder-decoder: ftui does not plan it
+        pytest.skip(exc.message)
+    return config
+
+
+@pytest.mark.parametrize("model_type", _causal_lm_types())
+def test_every_causal_lm_is_counted_exactly(model_type: str) -> None:
+    import torch
+
+    config = _small_or_skip(model_type)
+    arch = ModelArch(name=model_type, source="dir", config=config)
+    roles = param_roles(arch)
+    assert roles is not None, closed_form_reason(arch)
+    with torch.device("meta"):  # built here, counted here
+        model = transformers.AutoModelForCausalLM.from_config(hf_config(config))
+    assert count_params(arch).total == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", _causal_lm_types())
+def test_every_causal_lm_dry_runs_or_declines_in_one_line(model_type: str) -> None:
+    from engine.plan.dryrun.entry import DryRunDeclined, dry_run_or_decline
+
+    config = _small_or_skip(model_type)
+    arch = ModelArch(name=model_type, source="dir", config=config)
+    roles = param_roles(arch)
+    result = dry_run_or_decline(arch, TrainingConfig(method="lora", seq_len=128))
+    if isinstance(result, DryRunDeclined):
+        assert "\n" not in result.reason
+        return
+    counted = count_params(arch, TrainingConfig())
+    if result.trainable_params != counted.trainable and roles and roles.expert_tensors:
+        pytest.xfail(
+            f"PEFT adapts {result.trainable_params:,} parameters of this MoE, the count says "
+            f"{counted.trainable:,}: PEFT's all-linear also wraps its router and fused experts"
+        )
+    assert result.trainable_params == counted.trainable
+    assert result.total_params - result.trainable_params == counted.total - counted.lora

@@ -150,16 +150,23 @@ def small_config(model_type: str) -> tuple[dict[str, Any], str]:
 
     from engine.plan.params import build_on_meta
 
-    default = json.loads(AutoConfig.for_model(model_type).to_json_string())
+    try:
+        default = json.loads(AutoConfig.for_model(model_type).to_json_string())
+    except Exception as exc:  # transformers refuses its own default config
+        raise RuntimeError(f"transformers cannot make its default config: {exc}") from exc
     failure: Exception | None = None
-    for dims in (True, False):
-        candidate = _shrink(default, dims)
+    attempts = (
+        (_shrink(default, True), "layers, experts, dimensions"),
+        (_shrink(default, False), "layers, experts"),
+        (default, "nothing (no smaller version builds)"),
+    )
+    for candidate, shrunk in attempts:
         try:
             build_on_meta(candidate)
         except Exception as exc:  # this shrink does not hold together: try a milder one
             failure = exc
             continue
-        return candidate, "layers, experts, dimensions" if dims else "layers, experts"
+        return candidate, shrunk
     raise RuntimeError(f"transformers cannot build it from its default config: {failure}")
 
 
