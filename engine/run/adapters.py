@@ -21,11 +21,19 @@ PTUNING_ENCODER_HIDDEN = 128
 LLAMA_ADAPTER_LAYERS = 8
 
 
-def lora_config(t: TrainingConfig) -> Any:
-    """LoRA with its variants: DoRA, rsLoRA (alpha/sqrt(r)), PiSSA / OLoRA / gaussian init."""
+def lora_config(t: TrainingConfig, model: Any = None) -> Any:
+    """LoRA with its variants: DoRA, rsLoRA (alpha/sqrt(r)), PiSSA / OLoRA / gaussian init.
+    With the model, all-linear leaves out what PEFT cannot adapt (Llama 4's tuple-returning
+    router, Falcon-H1's Mamba projections): the planner's own choice of modules."""
     from peft import LoraConfig
 
-    targets: Any = "all-linear" if "all-linear" in t.targets else list(t.targets)
+    from engine.plan.params import peft_target_modules
+
+    targets: Any
+    if model is not None:
+        targets = peft_target_modules(model, t.targets)
+    else:
+        targets = "all-linear" if "all-linear" in t.targets else list(t.targets)
     init: Any = True if t.lora_init == "default" else t.lora_init
     return LoraConfig(
         r=t.rank,
@@ -39,13 +47,14 @@ def lora_config(t: TrainingConfig) -> Any:
     )
 
 
-def peft_config(t: TrainingConfig, model_type: str, num_layers: int) -> Any:
+def peft_config(t: TrainingConfig, model: Any) -> Any:
     """The PEFT config of an adapter method (TrainingConfig.saves_adapter)."""
     import peft
 
+    model_type, num_layers = model.config.model_type, model.config.num_hidden_layers
     n = t.virtual_tokens
     if t.is_peft:
-        return lora_config(t)
+        return lora_config(t, model)
     if t.method == "prefix":
         return peft.PrefixTuningConfig(num_virtual_tokens=n, task_type="CAUSAL_LM")
     if t.method == "prompt":
@@ -91,7 +100,7 @@ def attach(spec: RunSpec, model: Any) -> Any:
     if t.saves_adapter:
         from engine.run.stages import attach_adapters
 
-        config = peft_config(t, model.config.model_type, model.config.num_hidden_layers)
+        config = peft_config(t, model)
         return attach_adapters(spec, model, config)
     if t.method == "bias":
         train_only(model, lambda name: name.endswith(".bias"))
