@@ -68,10 +68,10 @@ def load_weights(spec: RunSpec, source: str, local: bool, kwargs: dict[str, Any]
     return AutoModelForCausalLM.from_pretrained(source, local_files_only=local, **kwargs)
 
 
-def lora_config(spec: RunSpec) -> Any:
+def lora_config(spec: RunSpec, model: Any = None) -> Any:
     from engine.run.adapters import lora_config
 
-    return lora_config(spec.training)  # rsLoRA, PiSSA/OLoRA/gaussian init too
+    return lora_config(spec.training, model)  # rsLoRA, PiSSA/OLoRA/gaussian init too
 
 
 def attach_adapters(spec: RunSpec, model: Any, lora: Any) -> Any:
@@ -176,7 +176,7 @@ def preference_trainer(
         "eval_dataset": eval_ds,
         "processing_class": tokenizer,
         "callbacks": [callback],
-        "peft_config": lora_config(spec) if fresh_adapters else None,
+        "peft_config": lora_config(spec, model) if fresh_adapters else None,
     }
     if spec.stage in ("dpo", "kto"):
         kwargs["ref_model"] = None  # adapters: disabled for the reference; full: TRL's copy
