@@ -6,6 +6,7 @@
     records    `Event`, `GpuHistory` and the parsing of raw record fields
     progress   `Progress` and the `Pace` behind the ETA and the stall threshold
     alerts     `Alert`, the spike detector and the text of every alert
+    preference a DPO-family run's reward series and its margin and accuracy alerts
 
 Import from the module that holds a name; this package re-exports nothing.
 """

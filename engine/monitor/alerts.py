@@ -22,7 +22,8 @@ from engine.monitor.series import Point
 @dataclass(frozen=True)
 class Alert:
     """Something a user must see: kind is one of nan, spike, stall, oom, died, failed,
-    stopped, completed, budget."""
+    stopped, completed, budget, and a preference run's margin_collapse, margin_negative,
+    accuracy_stuck (engine.monitor.preference)."""
 
     kind: str
     message: str

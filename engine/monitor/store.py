@@ -29,12 +29,14 @@ from engine.monitor.alerts import (
     spike_alert,
     stall_alert,
 )
+from engine.monitor.preference import PreferenceMonitor
 from engine.monitor.progress import Pace, Progress
-from engine.monitor.reading import JsonlSource
+from engine.monitor.reading import JsonlSource, read_spec
 from engine.monitor.records import Event, GpuHistory, bad_loss, describe_event, num, step_of
 from engine.monitor.series import Series
 from engine.run.probe import measured_tokens_per_s
 from engine.run.rundir import FINAL, RunDir, read_json
+from engine.training_config import PREFERENCE_STAGES
 
 # Logged intervals the measured speed is taken over (the recent ones: a resumed or long run's
 # speed now, not its history).
@@ -69,6 +71,7 @@ class MetricsStore:
         tail_bytes: int = 1 << 20,
         sample_lines: int = 4096,
         max_events: int = 500,
+        stage: str | None = None,
     ) -> None:
         self.run = run if isinstance(run, RunDir) else RunDir(Path(run))
         self.stall_seconds = stall_seconds
@@ -86,6 +89,10 @@ class MetricsStore:
         self.loss_smooth = series()
         self.eval_loss = series()
         self.eval_perplexity = series()  # exp(eval_loss): what the eval loss means per token
+        self.perplexity = series()  # pretrain: exp(smoothed loss), the training perplexity
+        self.preference = PreferenceMonitor(series)  # DPO, ORPO, KTO, SimPO: TRL's rewards/*
+        # The run's training stage (spec.yaml's training.stage): None until read by refresh().
+        self.stage = stage
         self.lr = series()
         self.grad_norm = series()
         self.tokens_per_s = series()
@@ -132,6 +139,11 @@ class MetricsStore:
         return str(failure) if failure and self.status == "failed" else None
 
     @property
+    def is_preference(self) -> bool:
+        """A DPO-family run: by its spec, or by the rewards it logs (a spec gone missing)."""
+        return self.stage in PREFERENCE_STAGES or self.preference.seen
+
+    @property
     def live(self) -> bool:
         """Whether refresh() still reads the JSONL files (a finished run is read once)."""
         return self._reads_after_final < 2
@@ -156,6 +168,8 @@ class MetricsStore:
             self._plan_read = True
             if not self.plan:
                 self.plan = read_json(self.run.plan)
+            if self.stage is None:
+                self.stage = spec_stage(read_spec(self.run))
         if self.status in FINAL:
             if self._reads_after_final < 2:
                 self._read_files(now)
@@ -242,8 +256,13 @@ class MetricsStore:
             if value is not None:
                 series.append(x, value)
         eval_loss = num(record.get("eval_loss"))
-        if eval_loss is not None and eval_loss < 700:  # exp overflows a float above ~709
+        # exp overflows a float above ~709; a preference run's eval loss is no log-likelihood.
+        if eval_loss is not None and eval_loss < 700 and not self.is_preference:
             self.eval_perplexity.append(x, math.exp(eval_loss))
+        if "rewards/margins" in record or "rewards/chosen" in record:
+            max_steps = num(record.get("max_steps"))
+            for alert in self.preference.add(x, record, max_steps):
+                self._alert(("preference", alert.kind), alert)
 
     def add_gpu(self, record: dict[str, Any]) -> None:
         t = num(record.get("t"))
@@ -344,6 +363,8 @@ class MetricsStore:
             self.loss_smooth,
             self.eval_loss,
             self.eval_perplexity,
+            self.perplexity,
+            *self.preference.all_series(),
             self.lr,
             self.grad_norm,
             self.tokens_per_s,
@@ -357,15 +378,19 @@ class MetricsStore:
         self.last_metrics = {}
         self._pace.reset()
         self._spikes.reset()
+        self.preference.clear()
 
     def _truncate(self, step: int) -> None:
-        """A resumed run logs from an earlier step: the abandoned attempt's points go."""
+        """A resumed run logs from an earlier step: the abandoned attempt's points go, this
+        step's too (its new record is arriving)."""
+        cut = float(step - 1)
         for series in self._all_metric_series():
-            series.truncate_after(float(step))
+            series.truncate_after(cut)
         last = self.loss_smooth.last
         self._ema = last[1] if last else None
         self._spikes.restart()
         self._pace.reset()
+        self.preference.truncate_after(cut)
 
     def _add_loss(self, x: float, value: Any, t: float | None) -> None:
         if bad_loss(value):
@@ -377,6 +402,8 @@ class MetricsStore:
         self.loss.append(x, loss)
         self._ema = loss if self._ema is None else self._ema + self.smoothing * (loss - self._ema)
         self.loss_smooth.append(x, self._ema)
+        if self.stage == "pretrain" and self._ema < 700:
+            self.perplexity.append(x, math.exp(self._ema))
         median = self._spikes.check(loss)
         if median is not None:
             self._alert(("spike", int(x)), spike_alert(int(x), loss, median, t))
@@ -402,3 +429,12 @@ class MetricsStore:
             self.events.clear()
         for record in records:
             self.add_event(record)
+
+
+def spec_stage(spec: dict[str, Any]) -> str:
+    """The training stage of a spec.yaml as plain data: `training.stage`, or the top-level
+    `mode` of runs written before stages; "sft" when it names none."""
+    training = spec.get("training")
+    stage = training.get("stage") if isinstance(training, dict) else None
+    stage = stage or spec.get("mode")
+    return stage if isinstance(stage, str) and stage else "sft"

@@ -62,13 +62,21 @@ def progress_text(frame: DashFrame, cost: Cost | None = None) -> str:
 
 
 def metrics_text(frame: DashFrame) -> str:
-    parts = [
-        f"loss [b]{number(frame.loss)}[/b]",
-        f"smoothed {number(frame.loss_smooth)}",
-        f"eval {number(frame.eval_loss)}",
-        f"lr {number(frame.lr, 'lr')}",
-        f"grad norm {number(frame.grad_norm, '.3g')}",
-    ]
+    """The latest numbers; a preference run's are its accuracy and margin (the chosen and
+    rejected rewards are on their chart), a pretrain run's add the perplexity."""
+    if frame.preference:
+        parts = [
+            f"loss [b]{number(frame.loss)}[/b]",
+            f"accuracy [b]{number(frame.accuracy, '.2f')}[/b]",
+            f"margin [b]{number(frame.margin, '.3g')}[/b]",
+        ]
+    else:
+        parts = [f"loss [b]{number(frame.loss)}[/b]", f"smoothed {number(frame.loss_smooth)}"]
+        if frame.stage == "pretrain":
+            parts.append(f"perplexity [b]{number(frame.perplexity, '.4g')}[/b]")
+        parts.append(f"eval {number(frame.eval_loss)}")
+    parts.append(f"lr {number(frame.lr, 'lr')}")
+    parts.append(f"grad norm {number(frame.grad_norm, '.3g')}")
     return " · ".join(parts)
 
 

@@ -71,13 +71,22 @@ class DashFrame:
     tokens_hist: list[float]
     loss_chart: ChartData
     lr_chart: ChartData
-    perplexity_chart: ChartData  # empty (and hidden) when the run has no eval split
+    perplexity_chart: ChartData  # eval perplexity; pretrain: training's too; else may be empty
     gpus: list[GpuView]
     plan_device_gib: float | None
     plan_allocated_gib: float | None
     torch_peak_gib: float | None
     events: list[EventRow]
     alerts: list[Alert] = field(default_factory=list)
+    stage: str = "sft"
+    preference: bool = False  # DPO, ORPO, KTO, SimPO: the reward charts replace the LR's
+    perplexity: float | None = None  # pretrain: exp(smoothed loss)
+    chosen: float | None = None  # the last rewards/chosen, rewards/rejected, rewards/margins
+    rejected: float | None = None
+    margin: float | None = None
+    accuracy: float | None = None  # the mean of the recent rewards/accuracies (the alert's)
+    rewards_chart: ChartData = field(default_factory=lambda: ChartData([], -1))
+    margin_chart: ChartData = field(default_factory=lambda: ChartData([], -1))
 
 
 def _last(series: Series) -> float | None:
@@ -140,9 +149,26 @@ def build_frame(
         [(store.lr, "line", "chart--line", 2 * width)],
         store.lr.version + width * 1_000_003,
     )
+    # Eval perplexity alone is a line; beside training's (pretrain) it is markers, as on the loss.
+    eval_kind = ("markers", "chart--marker") if store.perplexity else ("line", "chart--line")
     perplexity_chart = _chart(
-        [(store.eval_perplexity, "line", "chart--line", 2 * width)],
-        store.eval_perplexity.version + width * 1_000_003,
+        [
+            (store.perplexity, "line", "chart--line", 2 * width),
+            (store.eval_perplexity, *eval_kind, 2 * width),
+        ],
+        store.eval_perplexity.version + store.perplexity.version * 7 + width * 1_000_003,
+    )
+    pref = store.preference
+    rewards_chart = _chart(
+        [
+            (pref.chosen, "line", "chart--run-2", 2 * width),
+            (pref.rejected, "line", "chart--run-3", 2 * width),
+        ],
+        pref.chosen.version + pref.rejected.version * 7 + width * 1_000_003,
+    )
+    margin_chart = _chart(
+        [(pref.margin, "line", "chart--line", 2 * width)],
+        pref.margin.version + width * 1_000_003,
     )
     plan = store.plan
     plan_device = _number(plan.get("device_gib"))
@@ -222,6 +248,15 @@ def build_frame(
         torch_peak_gib=torch_peak / GIB if torch_peak else None,
         events=[row for _, _, row in rows[-max_events:]],
         alerts=alerts,
+        stage=store.stage or "sft",
+        preference=store.is_preference,
+        perplexity=_last(store.perplexity),
+        chosen=_last(pref.chosen),
+        rejected=_last(pref.rejected),
+        margin=_last(pref.margin),
+        accuracy=pref.recent_accuracy,
+        rewards_chart=rewards_chart,
+        margin_chart=margin_chart,
     )
 
 

@@ -1,5 +1,7 @@
 """The live dashboard of one run: progress, loss and learning rate, throughput, every GPU
-against the plan, events and alerts, and the tail of the log.
+against the plan, events and alerts, and the tail of the log. A preference run (DPO, ORPO,
+KTO, SimPO) shows its rewards, chosen against rejected, and its reward margin and accuracy in
+the learning rate's place; a pretrain run charts its perplexity.
 
 Everything comes from the run directory, so it works for a running run (tailing), a
 finished one (replay: read once, then only state.json is watched) and a run started from
@@ -157,10 +159,13 @@ class DashboardScreen(Screen[None]):
         yield RunHeader(id="dash-head")
         with Horizontal(id="dash-body"):
             with Vertical(id="dash-charts"):
-                yield BrailleChart(id="dash-loss")
+                with Horizontal(id="dash-main-charts"):  # a preference run's rewards beside
+                    yield BrailleChart(id="dash-loss")
+                    yield BrailleChart(id="dash-rewards")
                 with Horizontal(id="dash-small-charts"):  # side by side: each keeps its height
                     yield BrailleChart(id="dash-lr")
                     yield BrailleChart(id="dash-ppl")
+                    yield BrailleChart(id="dash-margin")
             with VerticalScroll(id="dash-gpus"):
                 yield Static("", id="dash-gpu-note")
         with Horizontal(id="dash-bottom"):
@@ -175,7 +180,10 @@ class DashboardScreen(Screen[None]):
         self._loss = self.query_one("#dash-loss", BrailleChart)
         self._lr = self.query_one("#dash-lr", BrailleChart)
         self._ppl = self.query_one("#dash-ppl", BrailleChart)
-        self._ppl.display = False  # shown once the run has evaluated
+        self._ppl.display = False  # shown once the run has evaluated (pretrain: at once)
+        self._rewards = self.query_one("#dash-rewards", BrailleChart)
+        self._margin = self.query_one("#dash-margin", BrailleChart)
+        self._rewards.display = self._margin.display = False  # preference runs only
         self._events = self.query_one("#dash-events", EventList)
         self._log = self.query_one("#dash-log", Log)
         self._gpu_box = self.query_one("#dash-gpus", VerticalScroll)
@@ -184,6 +192,9 @@ class DashboardScreen(Screen[None]):
         self._loss.border_subtitle = "⠂ train  ⠉ smoothed  ◆ eval"
         self._lr.border_title = "learning rate"
         self._ppl.border_title = "eval perplexity"
+        self._rewards.border_title = "rewards"
+        self._rewards.border_subtitle = "[$success]chosen[/] [$error]rejected[/]"
+        self._margin.border_title = "reward margin"
         self._events.border_title = "events"
         self._log.border_title = "stdout.log"
         self._gpu_box.border_title = "GPUs"
@@ -287,11 +298,27 @@ class DashboardScreen(Screen[None]):
         self._header.show(frame)
         self._loss.show(frame.loss_chart)
         self._lr.show(frame.lr_chart)
-        self._ppl.display = bool(frame.perplexity_chart.layers)
-        self._ppl.show(frame.perplexity_chart)
+        self._show_stage(frame)
         self._show_gpus(frame)
         self._events.show(frame.events)
         self._notify(frame.alerts)
+
+    def _show_stage(self, frame: DashFrame) -> None:
+        """What the stage adds: a preference run's rewards and margin take the learning
+        rate's place (its value stays in the metrics row); pretrain charts its perplexity."""
+        self.set_class(frame.preference, "-preference")
+        self._rewards.display = self._margin.display = frame.preference
+        self._lr.display = not frame.preference
+        if frame.preference:
+            self._rewards.show(frame.rewards_chart)
+            self._margin.show(frame.margin_chart)
+            accuracy = "–" if frame.accuracy is None else f"{frame.accuracy:.2f}"
+            self._margin.border_subtitle = f"accuracy {accuracy}"
+        pretrain = frame.stage == "pretrain"
+        self._ppl.border_title = "perplexity" if pretrain else "eval perplexity"
+        self._ppl.border_subtitle = "⠉ train  ◆ eval" if pretrain else ""
+        self._ppl.display = bool(frame.perplexity_chart.layers) and not frame.preference
+        self._ppl.show(frame.perplexity_chart)
 
     def _measure(self) -> None:
         """Chart and sparkline widths for the next frame's downsampling (read by the worker):
