@@ -62,34 +62,41 @@ def local_model(model: str, model_path: str | None = None) -> tuple[str, str]:
     raise missing_weights_error(arch.hf_id or arch.name)
 
 
-def check_data(spec: RunSpec) -> dict[str, Any]:
-    """The dataset as the trainer will read it: readable, the right kind for the stage, and
-    with records to train on."""
-    from engine.data import check_dataset
+def check_format(fmt: str, stage: str, where: str) -> None:
+    """The stage reads this dataset format (the plan wizard asks too), or one FtuiError."""
     from engine.data.preference import refuse_format
+    from engine.training_config import PREFERENCE_STAGES
 
-    report = check_dataset(Path(spec.data), fmt=spec.data_format)
-    where = spec.data
-    if spec.is_preference:
-        refuse_format(report.format, spec.stage, where)
-    elif report.format in ("preference", "kto"):
-        kind = "preference pairs (chosen/rejected)" if report.format == "preference" else (
+    if stage in PREFERENCE_STAGES:
+        refuse_format(fmt, stage, where)
+    elif fmt in ("preference", "kto"):
+        kind = "preference pairs (chosen/rejected)" if fmt == "preference" else (
             "judged answers (completion/label)"
         )  # fmt: skip
         raise FtuiError(
-            f"{where} holds {kind}: that is for preference training, not {spec.stage}",
+            f"{where} holds {kind}: that is for preference training, not {stage}",
             "launch with --stage dpo (or orpo, simpo, kto), or use a chat/instruction dataset",
         )
-    if spec.stage == "pretrain" and report.format != "text":
+    if stage == "pretrain" and fmt != "text":
         raise FtuiError(
-            f"pre-training needs plain text records, but {where} is {report.format}",
+            f"pre-training needs plain text records, but {where} is {fmt}",
             'use a dataset of {"text": ...} records, or --stage sft',
         )
-    if spec.stage == "sft" and report.format == "text":
+    if stage == "sft" and fmt == "text":
         raise FtuiError(
             f"{where} holds plain text ({{'text': ...}}): that is for continued pre-training",
             "launch with --stage pretrain, or use a chat/instruction dataset",
         )
+
+
+def check_data(spec: RunSpec) -> dict[str, Any]:
+    """The dataset as the trainer will read it: readable, the right kind for the stage, and
+    with records to train on."""
+    from engine.data import check_dataset
+
+    report = check_dataset(Path(spec.data), fmt=spec.data_format)
+    where = spec.data
+    check_format(report.format, spec.stage, where)
     invalid = report.invalid
     first = "; ".join(f"{r.location}: {r.reason}" for r in invalid[:3])
     if report.valid == 0:

@@ -307,6 +307,8 @@ async def test_launch_creates_a_run_and_opens_its_dashboard(tiny: Any) -> None:
         spec = screen.build_spec()
         assert spec is not None and spec.device == "cpu" and spec.model_path == str(model)
         assert "engine.run.train" in text_of(screen, "#spec-command")
+        await type_into(pilot, "#budget-max-hours", "2")  # a cap goes with the launch
+        await type_into(pilot, "#budget-max-cost", "0.5")
 
         await pilot.press("ctrl+l")
         await wait_until(pilot, lambda: len(app.opened) == 1)
@@ -314,6 +316,8 @@ async def test_launch_creates_a_run_and_opens_its_dashboard(tiny: Any) -> None:
     try:
         assert run.state.is_file() and run.spec.is_file()
         assert "device: cpu" in run.spec.read_text()
+        assert "max_hours: 2.0" in run.spec.read_text()
+        assert "max_cost: 0.5" in run.spec.read_text()
         assert run.read_state()["status"] in ("starting", "running")
     finally:
         if reconcile(run).get("status") not in FINAL:
@@ -393,10 +397,12 @@ async def test_a_path_typed_after_tab_stays_in_the_wizard() -> None:
         assert app.screen is screen
         assert screen.query_one("#data-path", Input).value == path
         assert filter_box.value == "qwen"
-        # A letter typed on a button is not lost either: it goes on to the next input.
+        # A letter typed on a button is not lost either: it goes on to the next input (after
+        # the setup's buttons: the launch pane's first cap).
         screen.query_one("#knob-unpin", Button).focus()
         await pilot.press("m")
-        assert app.screen is screen and filter_box.value == "qwenm"
+        assert app.screen is screen and screen.query_one("#budget-max-cost", Input).value == "m"
+        assert filter_box.value == "qwen"
         await pilot.press("escape")  # back to the machine view; the wizard keeps its text
         assert isinstance(app.screen, MachineScreen)
         await pilot.press("p")

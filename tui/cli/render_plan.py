@@ -21,6 +21,7 @@ PHASE_LABEL = {
     "forward_backward": "loss (end of forward, start of backward)",
     "recompute": "backward recompute of a layer",
     "optimizer_step": "optimizer step",
+    "reference_forward": "reference model's forward (no grad)",
 }
 PART_STYLE = {
     "weights": "blue",

@@ -11,19 +11,23 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 
+from engine.errors import FtuiError
 from engine.models import ModelArch
 from engine.training_config import (
     ALL_LINEAR,
     ATTENTIONS,
     DTYPES,
+    METHODS,
     OFFLOADS,
     OPTIMIZERS,
     SHARDINGS,
+    STAGES,
     ConfigError,
     TrainingConfig,
 )
 
-METHOD_CHOICES = ("auto", "full", "lora", "qlora")
+# auto: the planner picks among full / LoRA / QLoRA; the rest of the PEFT family when asked.
+METHOD_CHOICES = ("auto", *METHODS)
 INT_KNOBS = ("batch", "grad_accum", "seq_len", "rank", "alpha")
 SELECT_KNOBS: dict[str, tuple[str, ...]] = {
     "grad_ckpt": ("on", "off"),
@@ -34,6 +38,7 @@ SELECT_KNOBS: dict[str, tuple[str, ...]] = {
     "offload": OFFLOADS,
 }
 LABELS = {
+    "stage": "stage",
     "method": "method",
     "batch": "micro-batch",
     "grad_accum": "grad accum",
@@ -51,7 +56,7 @@ LABELS = {
 }
 # Grid order (two knobs per row); targets gets a row of its own.
 LAYOUT = (
-    "method", "epochs", "batch", "grad_accum", "seq_len", "grad_ckpt", "rank", "alpha",
+    "stage", "method", "epochs", "batch", "grad_accum", "seq_len", "grad_ckpt", "rank", "alpha",
     "dtype", "attn", "optim", "sharding", "offload",
 )  # fmt: skip
 
@@ -101,7 +106,8 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 class KnobsPanel(Vertical):
     """Posts `KnobsPanel.Edited(name)` when the user changes a knob (not when `show` fills
-    them), and `KnobsPanel.MethodChosen` for the method, which drives the recommendation."""
+    them), and `KnobsPanel.MethodChosen` for the stage or the method, which drive the
+    recommendation."""
 
     class Edited(Message):
         def __init__(self, name: str) -> None:
@@ -114,6 +120,14 @@ class KnobsPanel(Vertical):
             self.method = method
 
     def _widget(self, name: str) -> Input | Select[str]:
+        if name == "stage":
+            return Select(
+                [(s, s) for s in STAGES],
+                value="sft",
+                allow_blank=False,
+                id="knob-stage",
+                compact=True,
+            )
         if name == "method":
             return Select(
                 [(m, m) for m in METHOD_CHOICES],
@@ -138,7 +152,8 @@ class KnobsPanel(Vertical):
             for name in LAYOUT:
                 yield Label(LABELS[name], classes="knob-label")
                 yield self._widget(name)
-            yield Static("", classes="knob-filler")
+            if len(LAYOUT) % 2:
+                yield Static("", classes="knob-filler")
             yield Label(LABELS["targets"], classes="knob-label")
             yield Input(
                 id="knob-targets",
@@ -162,6 +177,10 @@ class KnobsPanel(Vertical):
     def method(self) -> str:
         return str(self._select("method").value)
 
+    @property
+    def stage(self) -> str:
+        return str(self._select("stage").value)
+
     def set_method(self, method: str) -> None:
         with self.prevent(Select.Changed):
             self._select("method").value = method
@@ -174,6 +193,7 @@ class KnobsPanel(Vertical):
             self._input("epochs").value = f"{epochs:g}"
             self._input("targets").value = ",".join(config.targets)
             self._select("grad_ckpt").value = "on" if config.grad_ckpt else "off"
+            self._select("stage").value = config.stage
             for name in ("attn", "dtype", "optim", "sharding", "offload"):
                 self._select(name).value = getattr(config, name)
         self.show_error(None)
@@ -185,12 +205,13 @@ class KnobsPanel(Vertical):
         }
         values["targets"] = parse_targets(self._input("targets").value)
         values["grad_ckpt"] = self._select("grad_ckpt").value == "on"
+        values["stage"] = self.stage
         for name in ("attn", "dtype", "optim", "sharding", "offload"):
             values[name] = str(self._select(name).value)
         epochs = parse_epochs(self._input("epochs").value)
         return base.with_changes(**values).validate(), epochs
 
-    def show_error(self, error: ConfigError | None) -> None:
+    def show_error(self, error: FtuiError | None) -> None:
         box = self.query_one("#knob-error", Static)
         if error is None:
             box.update("")
@@ -223,7 +244,7 @@ class KnobsPanel(Vertical):
         if not name:
             return
         event.stop()
-        if name == "method":
+        if name in ("stage", "method"):
             self.post_message(self.MethodChosen(str(event.value)))
         else:
             self.post_message(self.Edited(name))

@@ -19,6 +19,7 @@ from engine.models import ModelArch
 from engine.plan.planner import Candidate, Machine
 from engine.run.spec import RunSpec
 from engine.training_config import ConfigError
+from tui.cli.money import priced
 from tui.screens.plan.dataset import DatasetPanel
 from tui.screens.plan.dialogs import SaveSpecScreen
 from tui.screens.plan.machine import MachinePicker
@@ -40,6 +41,7 @@ class LaunchActions(Screen[None]):
     current: Candidate | None
     setup_error: FtuiError | None
     knob_error: ConfigError | None
+    budget_error: FtuiError | None
     report: DataReport | None
     report_path: str | None
     launching: bool
@@ -66,6 +68,8 @@ class LaunchActions(Screen[None]):
             problems.append(self.setup_error.message)
         if self.knob_error is not None:
             problems.append(f"fix the setup: {self.knob_error.message}")
+        if self.budget_error is not None:
+            problems.append(f"fix the budget: {self.budget_error.message}")
         panel = self.query_one(DatasetPanel)
         if panel.checking:
             problems.append("the dataset is still being checked")
@@ -78,10 +82,13 @@ class LaunchActions(Screen[None]):
             )
         elif not self.report.valid:
             problems.append("the dataset has no valid record")
-        elif self.report.format == "preference":
-            problems.append(
-                "preference pairs (chosen/rejected) cannot be trained yet: use SFT data"
-            )
+        elif self.current is not None:
+            from engine.run.preflight import check_format
+
+            try:  # the stage reads this format (`ftui launch`'s pre-flight rule)
+                check_format(self.report.format, self.current.config.stage, self.report_path)
+            except FtuiError as error:
+                problems.append(error.message)
         picker = self.query_one(MachinePicker)
         if picker.device != "cpu" and self.machine is not None:
             if not picker.has_real_gpu:
@@ -149,15 +156,17 @@ class LaunchActions(Screen[None]):
             return
         spec = self.build_spec()
         assert spec is not None
+        summary = self._plan_summary()
         try:
             spec.validate()
+            spec = priced(spec, summary, None)  # the price a budget cap is counted in
         except FtuiError as error:
             self.notify(str(error), severity="error", timeout=10, markup=False)
             return
         self.launching = True
         self._refresh_readiness()
         self.notify(f"launching {spec.model}…", markup=False)
-        self._launch_worker(spec, self._plan_summary())
+        self._launch_worker(spec, summary)
 
     @work(thread=True, exclusive=True, group="launch")
     def _launch_worker(self, spec: RunSpec, summary: dict[str, Any]) -> None:

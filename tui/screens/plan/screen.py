@@ -35,14 +35,13 @@ from textual.widgets import (
     TabbedContent,
     TabPane,
 )
-from textual.worker import get_current_worker
 
 from engine.data import DataReport
 from engine.errors import FtuiError
 from engine.machine.hardware import MachineSnapshot, NvmlBackend
 from engine.models import ModelArch
-from engine.plan.dryrun.entry import DryRunResult
 from engine.plan.estimator import count_params
+from engine.plan.methods import check_architecture
 from engine.plan.planner import (
     DEFAULT_TRAIN_TOKENS,
     Candidate,
@@ -53,9 +52,11 @@ from engine.plan.planner import (
     plan,
     suggest,
 )
-from engine.run.spec import RunSpec
+from engine.run.spec import Budget, RunSpec
 from engine.training_config import ConfigError, TrainingConfig
+from tui.screens.plan.budget import BudgetPanel
 from tui.screens.plan.dataset import DatasetPanel
+from tui.screens.plan.dry_run import DryRunActions
 from tui.screens.plan.hub import HubPanel, is_hub_name
 from tui.screens.plan.keys import route_typing
 from tui.screens.plan.knobs import KnobsPanel, check_seq_len
@@ -80,17 +81,7 @@ class MachineRead(Message):
         self.snapshot = snapshot
 
 
-class DryRunDone(Message):
-    def __init__(
-        self, config: TrainingConfig, result: DryRunResult | None, error: str | None
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.result = result
-        self.error = error
-
-
-class PlanWizardScreen(LaunchActions):
+class PlanWizardScreen(LaunchActions, DryRunActions):
     FORM = True  # the app's letter keys are off here (tui/app.py)
     # Below 110 columns the plan beside the panes would be a sliver: one side at a time.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
@@ -122,6 +113,8 @@ class PlanWizardScreen(LaunchActions):
         self.current: Candidate | None = None
         self.setup_error: FtuiError | None = None  # model/GPU/plan problem
         self.knob_error: ConfigError | None = None
+        self.budget = Budget()  # the caps typed under 5 · Launch
+        self.budget_error: FtuiError | None = None
         self.report: DataReport | None = None
         self.report_path: str | None = None
         self.dry = DryRunView()
@@ -148,6 +141,9 @@ class PlanWizardScreen(LaunchActions):
                 with Vertical(id="sec-knobs", classes="wizard-section") as section:
                     section.border_title = "4 · Setup"
                     yield KnobsPanel(id="knobs")
+                with Vertical(id="sec-launch", classes="wizard-section") as section:
+                    section.border_title = "5 · Launch"
+                    yield BudgetPanel(id="budget")
             with TabbedContent(id="wizard-right"):
                 with TabPane("Plan", id="tab-plan"), VerticalScroll(id="plan-scroll"):
                     yield PlanSummary("", id="summary")
@@ -333,11 +329,21 @@ class PlanWizardScreen(LaunchActions):
             return
         knobs = self.query_one(KnobsPanel)
         pinned = dict(self.pinned)
+        pinned["stage"] = knobs.stage
         if knobs.method != "auto":
             pinned["method"] = knobs.method
+        if knobs.stage == "kto":
+            pinned.setdefault("batch", 2)  # KTO's KL term needs other samples (as `ftui launch`)
         pinned["num_gpus"] = self.machine.count
         pinned.setdefault("seq_len", self._default_seq_len())
         knobs.show_pins(self.pinned)
+        try:
+            # The CLI's refusal of a method the model cannot take (bias on a bias-free model).
+            check_architecture(knobs.method, self.arch.config)
+        except FtuiError as error:
+            knobs.show_error(error)  # beside the method, also where the plan is hidden
+            self._show_setup_error(error)
+            return
         try:
             check_seq_len(self.arch, int(pinned["seq_len"]))
             probe = {**pinned, "method": pinned.get("method", "lora")}
@@ -465,6 +471,16 @@ class PlanWizardScreen(LaunchActions):
         self.config = config
         self._evaluate()
 
+    def on_budget_panel_changed(self, message: BudgetPanel.Changed) -> None:
+        panel = self.query_one(BudgetPanel)
+        try:
+            self.budget, self.budget_error = panel.read(), None
+        except FtuiError as error:
+            self.budget, self.budget_error = Budget(), error
+        panel.show_error(self.budget_error)
+        self._refresh_spec()
+        self._refresh_readiness()
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "knob-replan":
             self.replan()
@@ -535,44 +551,11 @@ class PlanWizardScreen(LaunchActions):
             config=self.config,
             epochs=self.epochs,
             summary=self._plan_summary(),
+            budget=self.budget,
         )
 
     def _refresh_spec(self) -> None:
-        self.query_one(SpecPane).show(self.build_spec())
-
-    # -- dry run ---------------------------------------------------------------------------------
-    def action_dry_run(self) -> None:
-        if self.dry.running:
-            self.workers.cancel_group(self, "dryrun")
-            self.dry = DryRunView(error="cancelled")
-            self._render_summary()
-            return
-        if self.arch is None or self.config is None or self.knob_error is not None:
-            self.notify("Pick a model and a valid setup first.", severity="warning", markup=False)
-            return
-        self.dry_config = self.config
-        self.dry = DryRunView(running=True)
-        self._render_summary()
-        self._dry_worker(self.arch, self.config)
-
-    @work(thread=True, exclusive=True, group="dryrun")
-    def _dry_worker(self, arch: ModelArch, config: TrainingConfig) -> None:
-        from engine.plan.dryrun.entry import dry_run
-
-        worker = get_current_worker()
-        result: DryRunResult | None = None
-        error: str | None = None
-        try:
-            result = dry_run(arch, config)
-        except FtuiError as exc:
-            error = exc.message
-        except Exception as exc:  # a missing torch, an exotic architecture...
-            error = f"{type(exc).__name__}: {exc}"
-        if not worker.is_cancelled:
-            self.post_message(DryRunDone(config, result, error))
-
-    def on_dry_run_done(self, message: DryRunDone) -> None:
-        if not self.dry.running or message.config != self.dry_config:
-            return
-        self.dry = DryRunView(result=message.result, error=message.error)
-        self._render_summary()
+        arch = self.arch
+        # What `ftui launch --model` takes: the directory of a local model, else its name.
+        model = (arch.path if arch.source == "dir" else None) if arch else None
+        self.query_one(SpecPane).show(self.build_spec(), model or "")

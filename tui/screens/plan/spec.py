@@ -1,8 +1,10 @@
 """What a launch from the wizard would run: the run spec (built the way `ftui launch` builds
-one), its YAML and the exact command, and the CLI's rule for which models can launch."""
+one), its YAML, the exact command, the same launch as an `ftui launch` command line, and the
+CLI's rule for which models can launch."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ from textual.widgets import Label, Static
 from engine.errors import FtuiError
 from engine.models import ModelArch
 from engine.plan.planner import Candidate, Machine
-from engine.run.spec import Hyper, RunSpec
+from engine.run.spec import Budget, Hyper, RunSpec
 from engine.training_config import TrainingConfig
+from tui.cli.runs import default_lr
 from tui.screens.plan.model_picker import has_weights
 
 RUN_DIR_PLACEHOLDER = Path("<run-dir>")
@@ -64,18 +67,47 @@ def build_spec(
     config: TrainingConfig,
     epochs: float,
     summary: dict[str, Any],
+    budget: Budget | None = None,
 ) -> RunSpec:
-    """A spec with `ftui launch`'s defaults (learning rate 2e-5 for full, 2e-4 for adapters)."""
+    """A spec with `ftui launch`'s defaults (its learning rate for the stage and method)."""
     data_path = str(Path(data).expanduser().absolute()) if data else ""
+    lr = default_lr(config.stage, config.method, "pretrained")
     return RunSpec(
         model=model,
         model_path=model_path,
         data=data_path,
         device=device,
         training=config,
-        hyper=Hyper(epochs=epochs, learning_rate=2e-5 if config.method == "full" else 2e-4),
+        hyper=Hyper(epochs=epochs, learning_rate=lr),
         plan=summary or None,
+        budget=budget or Budget(),
     )
+
+
+def cli_command(spec: RunSpec, model: str) -> str:
+    """`ftui launch` with the flags that give this spec's setup (`model`: what the CLI takes:
+    a profile, a local directory or an HF id)."""
+    t = spec.training
+    argv = ["ftui", "launch", "--model", model, "--data", spec.data or "<dataset>"]
+    argv += ["--stage", t.stage, "--method", t.method, "--epochs", f"{spec.hyper.epochs:g}"]
+    if spec.device == "cpu":
+        argv += ["--device", "cpu"]
+    else:
+        argv += ["--num-gpus", str(t.num_gpus)]
+    argv += ["--seq-len", str(t.seq_len), "--batch", str(t.batch)]
+    argv += ["--grad-accum", str(t.grad_accum)]
+    if t.is_peft:
+        argv += ["--rank", str(t.rank), "--alpha", str(t.alpha), "--targets", ",".join(t.targets)]
+    argv += ["--grad-ckpt" if t.grad_ckpt else "--no-grad-ckpt"]
+    argv += ["--attn", t.attn, "--dtype", t.dtype, "--optim", t.optim]
+    if t.sharding != "none":
+        argv += ["--sharding", t.sharding]
+    if t.offload != "none":
+        argv += ["--offload", t.offload]
+    for flag, cap in (("--max-cost", spec.budget.max_cost), ("--max-hours", spec.budget.max_hours)):
+        if cap is not None:
+            argv += [flag, f"{cap:g}"]
+    return shlex.join(argv)
 
 
 def launch_shell(spec: RunSpec) -> str:
@@ -85,22 +117,27 @@ def launch_shell(spec: RunSpec) -> str:
 
 
 class SpecPane(VerticalScroll):
-    """The exact command and spec.yaml a launch would use."""
+    """The exact command and spec.yaml a launch would use, and the same launch from a shell."""
 
     def compose(self) -> ComposeResult:
+        yield Label("The same launch from the command line:")
+        yield Static("", id="spec-cli")
         yield Label("The command that will run (in the run's folder):")
         yield Static("", id="spec-command")
         yield Label("spec.yaml (ctrl+w saves it):")
         yield Static("", id="spec-yaml")
 
-    def show(self, spec: RunSpec | None) -> None:
+    def show(self, spec: RunSpec | None, model: str = "") -> None:
         yaml_box = self.query_one("#spec-yaml", Static)
         command_box = self.query_one("#spec-command", Static)
+        cli_box = self.query_one("#spec-cli", Static)
         if spec is None:
             yaml_box.update(Text("Pick a model to see the spec.", style="dim"))
             command_box.update("")
+            cli_box.update("")
             return
         yaml_box.update(Text(spec.to_yaml()))
+        cli_box.update(Text(cli_command(spec, model or spec.model)))
         try:
             shell = launch_shell(spec)
         except (FtuiError, ValueError) as error:
