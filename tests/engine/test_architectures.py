@@ -5,6 +5,7 @@ to the closed form and says so."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,15 +136,24 @@ def test_every_causal_lm_is_counted_exactly(model_type: str) -> None:
     assert count_params(arch).total == sum(p.numel() for p in model.parameters())
 
 
+# Dry runs of every architecture take most of an hour on two cores (state-space models run
+# their reference scan token by token under fake tensors), so a test run covers this year's
+# fifteen; FTUI_EVERY_ARCHITECTURE=1 covers every causal LM transformers knows
+# (`python -m engine.plan.dryrun.coverage` prints the table with the analytic comparison).
+DRY_RUN_TYPES = (
+    _causal_lm_types() if os.environ.get("FTUI_EVERY_ARCHITECTURE") else CURRENT_ARCHITECTURES
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", _causal_lm_types())
+@pytest.mark.parametrize("model_type", DRY_RUN_TYPES)
 def test_every_causal_lm_dry_runs_or_declines_in_one_line(model_type: str) -> None:
     from engine.plan.dryrun.entry import DryRunDeclined, dry_run_or_decline
 
     config = _small_or_skip(model_type)
     arch = ModelArch(name=model_type, source="dir", config=config)
     roles = param_roles(arch)
-    result = dry_run_or_decline(arch, TrainingConfig(method="lora", seq_len=128))
+    result = dry_run_or_decline(arch, TrainingConfig(method="lora", seq_len=32))
     if isinstance(result, DryRunDeclined):
         assert "\n" not in result.reason
         return
