@@ -110,7 +110,7 @@ def test_runs_in_a_pipe_prints_whole_run_ids(cli_env: dict[str, str]) -> None:
     out = ftui(["runs"], cli_env)  # stdout is a pipe here
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["run", "status", "age", "progress", "loss", "GPUs", "model"]
+    assert lines[0].split() == ["run", "status", "age", "progress", "loss", "GPUs", "model", "eval"]
     assert lines[1].split()[0] == run.run_id  # whole, not cut at 80 columns
     assert "stopped" in lines[1].split()
 
