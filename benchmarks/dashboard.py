@@ -240,7 +240,7 @@ from rich.text import Text
 from textual.app import App
 from textual_plotext.plot import Plot
 from tui.widgets.chart import BrailleChart
-from tui.widgets.chart import ChartData, ChartLayer
+from tui.widgets.chart_data import ChartData, ChartLayer
 
 xs = [float(i) for i in range(240)]
 ys = [2 + math.sin(i / 10) + ((i * 7919) % 100) / 300 for i in range(240)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.segment import Segment
@@ -20,24 +19,7 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
-
-@dataclass(frozen=True)
-class ChartLayer:
-    """One thing drawn on a chart: `kind` is points, line or markers; `component` names the
-    chart's component class that styles it."""
-
-    xs: list[float]
-    ys: list[float]
-    kind: str
-    component: str
-
-
-@dataclass(frozen=True)
-class ChartData:
-    layers: list[ChartLayer]
-    version: int
-    empty_text: str = "no data yet"
-    x_format: Callable[[float], str] | None = None  # the x axis labels (default: compact)
+from tui.widgets.chart_data import ChartData, ChartLayer
 
 
 def compact(value: float | None, digits: int = 1) -> str:

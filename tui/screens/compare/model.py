@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 
 from engine.monitor.compare import METRICS, RunHistory, axis_text
 from engine.monitor.series import lttb
-from tui.widgets.chart import BrailleChart, ChartData, ChartLayer
+from tui.widgets.chart import BrailleChart
+from tui.widgets.chart_data import ChartData, ChartLayer
 
 # Noisy per-step metrics are drawn smoothed (the same EMA weight as the dashboard's loss line),
 # so several runs on one chart stay readable; eval loss and learning rate are drawn as logged.

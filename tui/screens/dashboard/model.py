@@ -13,7 +13,7 @@ from engine.machine.hardware import GIB
 from engine.monitor.alerts import Alert
 from engine.monitor.series import Series, lttb
 from engine.monitor.store import MetricsStore
-from tui.widgets.chart import ChartData, ChartLayer
+from tui.widgets.chart_data import ChartData, ChartLayer
 
 
 @dataclass(frozen=True)
