@@ -359,6 +359,10 @@ async def _settle(pilot: Any) -> None:
     screen = await loaded(pilot)
     await wait_until(pilot, lambda: screen.settled)
     pilot.app.clear_notifications()  # toasts time out: keep them out of the picture
+    # The output pane follows the end of stdout.log; a re-layout at the measured widths can
+    # leave it a few lines short of the end depending on timing: draw it at the end.
+    for log in pilot.app.screen.query("#dash-log"):
+        log.scroll_end(animate=False)
     await pilot.pause()
 
 

@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 from engine.run.rundir import RunDir
 from tests.tui.test_dashboard import DashApp, label_text, loaded, wait_until, write_run
+from tests.tui.test_dashboard import _settle as settle
 from tui.screens.dashboard.events import EventList
 from tui.widgets.chart import BrailleChart
 
@@ -125,13 +126,6 @@ async def test_a_pretrain_run_shows_its_perplexity(tmp_path: Path) -> None:
 
 
 # -- snapshots -------------------------------------------------------------------------------
-async def _settle(pilot: Any) -> None:
-    screen = await loaded(pilot)
-    await wait_until(pilot, lambda: screen.settled)
-    pilot.app.clear_notifications()
-    await pilot.pause()
-
-
 def test_snapshot_dpo_run_80x24(snap_compare: Any, tmp_path: Path) -> None:
     app = DashApp(write_dpo_run(tmp_path), refresh_seconds=0.05)
-    assert snap_compare(app, terminal_size=(80, 24), run_before=_settle)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
