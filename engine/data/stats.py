@@ -55,6 +55,20 @@ class LengthStats:
         }
 
 
+def _length_stats(lengths: list[int], **fields: Any) -> LengthStats:
+    """Count, total and percentiles of per-record token lengths (at least one record)."""
+    ordered = sorted(lengths)
+    return LengthStats(
+        records=len(lengths),
+        total_tokens=sum(lengths),
+        p50=_percentile(ordered, 0.5),
+        p90=_percentile(ordered, 0.9),
+        p99=_percentile(ordered, 0.99),
+        max=ordered[-1],
+        **fields,
+    )
+
+
 def _percentile(ordered: list[int], q: float) -> int:
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
@@ -74,26 +88,14 @@ def estimate_lengths(path: Path, *, model: str | None = None) -> tuple[LengthSta
     count = tokenizer_counter(tokenizer_file) if tokenizer_file is not None else None
     if count is not None:
         lengths = [count(s) for s in samples]
-        ordered = sorted(lengths)
-        return LengthStats(
-            records=len(lengths),
-            total_tokens=sum(lengths),
-            p50=_percentile(ordered, 0.5),
-            p90=_percentile(ordered, 0.9),
-            p99=_percentile(ordered, 0.99),
-            max=ordered[-1],
+        return _length_stats(
+            lengths,
             estimated=False,
             counted_by=f"{tokenizer_file} (+{TEMPLATE_TOKENS} per chat turn for the template)",
         ), lengths
     lengths = [estimate_sample(s) for s in samples]
-    ordered = sorted(lengths)
-    stats = LengthStats(
-        records=len(lengths),
-        total_tokens=sum(lengths),
-        p50=_percentile(ordered, 0.5),
-        p90=_percentile(ordered, 0.9),
-        p99=_percentile(ordered, 0.99),
-        max=ordered[-1],
+    stats = _length_stats(
+        lengths,
         estimated=True,
         total_low=sum(estimate_sample(s, ratios=LOW) for s in samples),
         total_high=sum(estimate_sample(s, ratios=HIGH) for s in samples),
