@@ -114,17 +114,35 @@ def read_requests(serve: ServeDir, max_bytes: int = TAIL_BYTES) -> list[dict[str
     return records
 
 
+def percentile(values: list[float], share: float) -> float | None:
+    """The `share` (0..1) percentile of `values`, linearly interpolated; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = share * (len(ordered) - 1)
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
 def summarize(requests: list[dict[str, Any]], since: float | None = None) -> dict[str, Any]:
     """Request count, errors, cancelled answers, medians of time to first token, total time and
-    decode tokens/s, and tokens generated, over the requests since `since` (this server's)."""
+    decode tokens/s, the 95th percentiles of both times, and tokens generated, over the
+    requests since `since` (this server's). Latency is a completed answer's total time, from
+    its arrival to its last token (queueing included)."""
     if since is not None:
         requests = [r for r in requests if float(r.get("t") or 0) >= since]
 
+    def values(key: str) -> list[float]:
+        return [float(r[key]) for r in requests if isinstance(r.get(key), (int, float))]
+
     def median(key: str) -> float | None:
-        values = [float(r[key]) for r in requests if isinstance(r.get(key), (int, float))]
-        return statistics.median(values) if values else None
+        found = values(key)
+        return statistics.median(found) if found else None
 
     return {
+        "ttft_s_p95": percentile(values("ttft_s"), 0.95),
+        "total_s_p95": percentile(values("total_s"), 0.95),
         "requests": len(requests),
         "errors": sum(1 for r in requests if int(r.get("status") or 200) >= 400),
         "cancelled": sum(1 for r in requests if r.get("finish_reason") == "cancelled"),

@@ -316,3 +316,70 @@ def test_runs_screen_snapshot_80x24(three_runs: Path, snap_compare: Any) -> None
         await pilot.pause()
 
     assert snap_compare(runs_app(), terminal_size=(80, 24), run_before=settle)
+
+
+def write_server(run_path: Path, *, status: str = "ready", started_at: float = NOW - 600) -> None:
+    """A server record of `run_path` (this test process as its live server) and its request
+    log: ten answers (nine of 300 ms, one of 2 s), one refused request, and one from an
+    earlier server of the run, which must not count."""
+    me = psutil.Process()
+    serve = run_path / "serve"
+    serve.mkdir()
+    record = {"run_id": run_path.name, "status": status, "pid": me.pid,
+              "create_time": me.create_time(), "url": "http://127.0.0.1:8000", "api_key": False,
+              "started_at": started_at, "ready_at": started_at + 30}  # fmt: skip
+    (serve / "server.json").write_text(json.dumps(record))
+    lines = [{"t": started_at - 100, "status": 200, "total_s": 50.0, "ttft_s": 9.0,
+              "tokens_per_s": 1.0, "completion_tokens": 5}]  # fmt: skip
+    for i in range(10):
+        slow = i == 9
+        lines.append({"t": started_at + 60 + i, "status": 200, "completion_tokens": 64,
+                      "ttft_s": 0.02, "total_s": 2.0 if slow else 0.3,
+                      "tokens_per_s": 100.0 if slow else 400.0})  # fmt: skip
+    lines.append({"t": started_at + 80, "status": 400, "error": "bad"})
+    (serve / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+@pytest.fixture
+def served_runs(three_runs: Path) -> Path:
+    write_server(three_runs / "llama-full-completed")
+    write_server(three_runs / "tiny-qlora-failed", status="stopped")  # not running: not shown
+    return three_runs
+
+
+async def test_running_servers_show_requests_speed_and_latency(served_runs: Path) -> None:
+    from tui.screens.runs.servers import ServersTable
+
+    app = runs_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_runs(pilot)
+        table = screen.query_one(ServersTable)
+        assert table.display and screen.query_one("#servers-title").display
+        assert [str(r.key.value) for r in table.ordered_rows] == ["llama-full-completed"]
+        row = [str(c) for c in table.get_row("llama-full-completed")]
+        # requests, median decode tokens/s, total time p50 / p95, first token p50, status, up
+        assert row == ["llama-full-completed", "11 (1 failed)", "400.0", "300 ms / 1.2 s",
+                       "20 ms", "ready", "http://127.0.0.1:8000", "9m"]  # fmt: skip
+        assert "Servers (1)" in str(screen.query_one("#servers-title").render())
+
+
+async def test_no_server_no_servers_section(three_runs: Path) -> None:
+    from tui.screens.runs.servers import ServersTable
+
+    app = runs_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_runs(pilot)
+        assert not screen.query_one(ServersTable).display
+        write_server(three_runs / "llama-full-completed")  # a server starts: shown at refresh
+        await pilot.press("r")
+        await wait_until(pilot, lambda: screen.query_one(ServersTable).row_count == 1)
+        assert screen.query_one(ServersTable).display
+
+
+def test_runs_screen_with_a_server_snapshot_80x24(served_runs: Path, snap_compare: Any) -> None:
+    async def settle(pilot: Any) -> None:
+        screen = await open_runs(pilot)
+        select(screen, "llama-full-completed")
+        await pilot.pause()
+
+    assert snap_compare(runs_app(), terminal_size=(80, 24), run_before=settle)

@@ -31,7 +31,9 @@ from engine.run.operations import (
     stop,
 )
 from engine.run.rundir import FINAL, RunDir
+from engine.serve.state import ServerInfo, list_servers
 from tui.screens.runs.dialogs import DeleteRunScreen, DeletionInfo, StopRunScreen
+from tui.screens.runs.servers import ServersTable, shown_servers
 from tui.screens.runs.table import RunsTable, matches
 
 REFRESH_SECONDS = 2.0
@@ -56,10 +58,16 @@ class OpenCompare(Message):
 class RunsUpdated(Message):
     """A fresh list of runs from the refresh worker."""
 
-    def __init__(self, infos: list[RunInfo], error: str | None = None) -> None:
+    def __init__(
+        self,
+        infos: list[RunInfo],
+        error: str | None = None,
+        servers: list[ServerInfo] | None = None,
+    ) -> None:
         super().__init__()
         self.infos = infos
         self.error = error
+        self.servers = servers or []
 
 
 class RunActionDone(Message):
@@ -123,6 +131,7 @@ class RunsScreen(Screen[None]):
         self.refresh_seconds = refresh_seconds
         self.clock = clock
         self.infos: list[RunInfo] = []
+        self.servers: list[ServerInfo] = []
         self.refreshes = 0
         self._timer: Timer | None = None
 
@@ -131,12 +140,16 @@ class RunsScreen(Screen[None]):
         yield Input(placeholder="filter runs: id, status, model, method", id="runs-filter")
         yield Static("Reading the runs…", id="runs-status")
         yield RunsTable(id="runs-table")
+        yield Static("", id="servers-title")
+        yield ServersTable(id="servers-table")
         yield Footer()
 
     def on_mount(self) -> None:
         self.title = "ftui"
         self.sub_title = "runs"
         self.query_one("#runs-filter", Input).display = False
+        self.query_one("#servers-title").display = False
+        self.query_one(ServersTable).display = False
         self.query_one(RunsTable).focus()
         self.poll()
 
@@ -149,13 +162,19 @@ class RunsScreen(Screen[None]):
             infos, error = list_runs(self.root), None
         except Exception as exc:  # a broken run dir must never kill the screen
             infos, error = [], f"cannot list the runs: {exc}"
+        try:
+            servers = shown_servers(list_servers(self.root))
+        except Exception:  # a broken server record must not hide the runs
+            servers = []
         if not worker.is_cancelled:
-            self.post_message(RunsUpdated(infos, error))
+            self.post_message(RunsUpdated(infos, error, servers))
 
     def on_runs_updated(self, message: RunsUpdated) -> None:
         self.refreshes += 1
         self.infos = message.infos
+        self.servers = message.servers
         self._show(message.error)
+        self._show_servers()
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
@@ -184,6 +203,16 @@ class RunsScreen(Screen[None]):
                 line += f" · showing {len(shown)} matching “{text.strip()}” (esc clears)"
             status.update(line)
         status.set_class(bool(error), "-error")
+
+    def _show_servers(self) -> None:
+        """The servers section: shown while a run is being served."""
+        title = self.query_one("#servers-title", Static)
+        table = self.query_one(ServersTable)
+        title.display = table.display = bool(self.servers)
+        if self.servers:
+            title.update(f"Servers ({len(self.servers)}): ftui serve, stop with "
+                         "ftui stop RUN --server")  # fmt: skip
+            table.show(self.servers, self.clock())
 
     def action_refresh(self) -> None:
         self.poll()
