@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,11 @@ from engine.run.rundir import append_jsonl, write_json_atomic
 
 Echo = Callable[[str], None]
 STATUS_EVERY_S = 0.5  # status.json is rewritten at most this often (and at every stage)
+
+
+class EvalStopped(BaseException):
+    """`ftui stop RUN --eval` asked this evaluation to stop (SIGTERM): what was measured so far
+    is written, the status says stopped."""
 
 
 def _create_time(pid: int) -> float | None:
@@ -102,8 +108,13 @@ class Progress:
 def run_eval(folder: EvalDir, request: EvalRequest, echo: Echo | None = None) -> dict[str, Any]:
     """Measure every variant, write the files, return results.json's content."""
     progress = Progress(folder, echo)
+    partial: dict[str, Any] = {"losses": {}, "outputs": {}, "prompts": []}
     try:
-        results = _measure(folder, request, progress)
+        results = _measure(folder, request, progress, partial)
+    except EvalStopped:
+        kept = _write_partial(folder, request, partial)
+        progress.finish("stopped", error=None, kept=kept)
+        raise
     except BaseException as exc:
         message = exc.message if isinstance(exc, FtuiError) else f"{type(exc).__name__}: {exc}"
         fix = exc.fix if isinstance(exc, FtuiError) else None
@@ -113,7 +124,9 @@ def run_eval(folder: EvalDir, request: EvalRequest, echo: Echo | None = None) ->
     return results
 
 
-def _measure(folder: EvalDir, request: EvalRequest, progress: Progress) -> dict[str, Any]:
+def _measure(
+    folder: EvalDir, request: EvalRequest, progress: Progress, partial: dict[str, Any]
+) -> dict[str, Any]:
     from engine.eval import measure
 
     started = time.time()
@@ -121,8 +134,9 @@ def _measure(folder: EvalDir, request: EvalRequest, progress: Progress) -> dict[
     settings = GenerationSettings(
         temperature=0.0, max_new_tokens=request.max_new_tokens, seed=request.seed
     ).validate()
-    losses: dict[str, tuple[float, int]] = {}
-    outputs: dict[str, list[dict[str, Any]]] = {}
+    # Filled as each variant is measured, so a stopped evaluation keeps what it measured.
+    losses: dict[str, tuple[float, int]] = partial["losses"]
+    outputs: dict[str, list[dict[str, Any]]] = partial["outputs"]
     data: measure.LossData | None = None
     prompts: list[Prompt] = []
     device = "?"
@@ -133,6 +147,7 @@ def _measure(folder: EvalDir, request: EvalRequest, progress: Progress) -> dict[
             progress.stage("reading the data")
             data = measure.loss_data(request, spec, chat.tokenizer)
             prompts = _prompts(request, spec, chat.tokenizer, data)
+            partial["prompts"] = prompts
             batches = measure.batch_count(data.rows, spec.training.batch, vocab)
             progress.stage("measuring", total=len(request.variants) * (batches + len(prompts)))
         progress.stage(f"loss of {variant} on the {data.source} ({len(data.rows)} rows)")
@@ -150,6 +165,7 @@ def _measure(folder: EvalDir, request: EvalRequest, progress: Progress) -> dict[
     rows = _generation_rows(request, prompts, outputs)
     for row in rows:
         append_jsonl(folder.generations, row)
+    partial["generations_written"] = True
     from engine.eval.scoring import summarise
 
     references = [p.reference for p in prompts]
@@ -209,6 +225,36 @@ def _measure(folder: EvalDir, request: EvalRequest, progress: Progress) -> dict[
     return results
 
 
+def _write_partial(folder: EvalDir, request: EvalRequest, partial: dict[str, Any]) -> list[str]:
+    """A stopped evaluation's results.json (`"partial": true`): the loss of every variant
+    measured to its end, and the answers of every variant that answered every prompt; the
+    run's summary.json (the latest finished evaluation) is left alone. The variants kept."""
+    losses, outputs = partial["losses"], partial["outputs"]
+    table = _loss_table(request, losses)
+    rows = _generation_rows(request, partial["prompts"], outputs)
+    if not partial.get("generations_written"):  # stopped after they were written: once
+        for row in rows:
+            append_jsonl(folder.generations, row)
+    write_json_atomic(
+        folder.results,
+        {
+            "run_id": request.run.run_id,
+            "eval_id": folder.eval_id,
+            "partial": True,
+            "finished_at": time.time(),
+            "checkpoints": table,
+            "best": None,
+            "generations": {
+                "file": str(folder.generations) if rows else None,
+                "rows": len(rows),
+                "answered": list(outputs),
+            },
+            "request": request.to_dict(),
+        },
+    )
+    return [v for v in request.variants if v in losses]
+
+
 def _prompts(request: EvalRequest, spec: Any, tokenizer: Any, data: Any) -> list[Prompt]:
     if request.prompts is not None:
         return read_prompts(request.prompts)
@@ -237,6 +283,8 @@ def _loss_table(request: EvalRequest, losses: dict[str, tuple[float, int]]) -> l
     rows = []
     base_loss = None
     for variant in request.variants:
+        if variant not in losses:  # a stopped evaluation: not measured
+            continue
         total, tokens = losses[variant]
         loss = total / tokens if tokens else None
         if variant == BASE:
@@ -266,8 +314,10 @@ def _generation_rows(
         return []
     rows = []
     for index, prompt in enumerate(prompts):
-        base = outputs[BASE][index]["answer"]
+        base = outputs[BASE][index]["answer"] if BASE in outputs else None
         for checkpoint in request.checkpoints:
+            if checkpoint not in outputs:  # a stopped evaluation: not answered
+                continue
             answer = outputs[checkpoint][index]
             rows.append(
                 {
@@ -278,7 +328,7 @@ def _generation_rows(
                     "answer_tokens": answer["tokens"],
                     "base_answer": base,
                     **score_answer(answer["answer"], prompt.reference),
-                    "base": score_answer(base, prompt.reference),
+                    "base": None if base is None else score_answer(base, prompt.reference),
                 }
             )
     return rows
@@ -339,8 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     def echo(line: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
+    def stopped(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the partial results are written
+        raise EvalStopped()
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         run_eval(folder, request, echo)
+    except EvalStopped:
+        print("stopped (ftui stop --eval): partial results in results.json", flush=True)
+        return 0
     except FtuiError as exc:
         print(f"error: {exc}", flush=True)
         return 2

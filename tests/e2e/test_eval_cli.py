@@ -212,3 +212,50 @@ def test_data_of_another_kind_is_refused_before_the_start(
     documents.write_text(json.dumps({"text": "a plain document"}) + "\n")
     out = ftui(["eval", run.run_id, "--data", str(documents), "--detach"], env)
     assert out.returncode == 2 and "this sft run needs chat or instruction records" in out.stderr
+
+
+def test_stop_a_detached_eval_keeps_what_it_measured(run: RunDir, env: dict[str, str]) -> None:
+    """`ftui stop RUN --eval` on a real detached evaluation stopped mid-way: its process group
+    is gone, its status says stopped, the base's loss measured before the stop is kept; a
+    second stop, and a wrong run id, are one message and exit 2."""
+    import psutil
+
+    out = ftui(["eval", run.run_id, "--checkpoints", "all", "--samples", "64", "--detach",
+                "--json", "--max-new-tokens", "256"], env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    folder = Path(json.loads(out.stdout)["path"])
+    deadline = time.monotonic() + 180
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # stop it once the base's loss is measured
+        status = json.loads((folder / "status.json").read_text() or "{}")
+        if str(status.get("stage")).startswith("answers of base"):
+            break
+        assert status.get("status") in ("starting", "running"), status
+        time.sleep(0.1)
+    pid = status["pid"]
+    stopped = ftui(["stop", run.run_id, "--eval"], env, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith(f"stopped evaluation {folder.name} of {run.run_id}")
+    assert "kept the results of base" in stopped.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    final = json.loads((folder / "status.json").read_text())
+    variants = ["base", *json.loads((folder / "request.json").read_text())["checkpoints"]]
+    kept = final["kept"]
+    # Stopped mid-way: the variants measured before the stop, in order, and not all of them.
+    assert final["status"] == "stopped" and kept[0] == "base" and kept == variants[: len(kept)]
+    assert len(kept) < len(variants)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["partial"] is True and [r["checkpoint"] for r in results["checkpoints"]] == kept
+    assert all(r["loss"] > 0 for r in results["checkpoints"])
+    assert not (run.path / "eval" / "summary.json").is_file() or json.loads(
+        (run.path / "eval" / "summary.json").read_text())["eval_id"] != folder.name  # fmt: skip
+    shown = ftui(["eval", run.run_id, "--status"], env)
+    assert shown.returncode == 0 and ": stopped" in shown.stdout and "kept the results of base" in (
+        shown.stdout)  # fmt: skip
+    again = ftui(["stop", run.run_id, "--eval"], env)
+    assert again.returncode == 2 and again.stdout == ""
+    assert f"run {run.run_id} has no evaluation running" in again.stderr
+    assert "fix:" in again.stderr and "Traceback" not in again.stderr
+    wrong = ftui(["stop", "no-such-run", "--eval"], env)
+    assert wrong.returncode == 2 and "no-such-run" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

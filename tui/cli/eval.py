@@ -220,7 +220,7 @@ def _show_status(run: Any, *, as_json: bool) -> int:
     status = eval_status(folder)
     if as_json:
         results = None
-        if status.get("status") == "completed" and folder.results.is_file():
+        if status.get("status") in ("completed", "stopped") and folder.results.is_file():
             results = json.loads(folder.results.read_text(encoding="utf-8"))
         _print_json({**status, "results": results})
         return 0
@@ -230,6 +230,12 @@ def _show_status(run: Any, *, as_json: bool) -> int:
     sys.stdout.write(f"eval {folder.eval_id} of {run.run_id}: {state}{share}\n")
     if state in ("starting", "running"):
         sys.stdout.write(f"  {status.get('stage', '')}\n  log: {folder.log}\n")
+    elif state == "stopped":
+        kept = status.get("kept") or []
+        what = f"the results of {', '.join(kept)}" if kept else "no finished measurement"
+        sys.stdout.write(f"  stopped by ftui stop --eval; kept {what}\n")
+        if folder.results.is_file():
+            sys.stdout.write(f"  partial results: {folder.results}\n")
     elif state == "failed":
         sys.stdout.write(f"  error: {status.get('error')}\n")
         if status.get("fix"):

@@ -124,6 +124,11 @@ def add_run_parsers(sub: Any) -> None:
     stop.add_argument("run")
     stop.add_argument("--now", action="store_true", help="kill the run's processes now")
     stop.add_argument("--server", action="store_true", help="stop the run's `ftui serve` server")
+    stop.add_argument(
+        "--eval",
+        action="store_true",
+        help="stop the run's detached `ftui eval` (keeps what it measured)",
+    )
     stop.set_defaults(handler=cmd_stop)
 
     save = sub.add_parser("save", help="ask a running run to save a checkpoint now")
@@ -460,7 +465,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from engine.run.rundir import FINAL, find_run
     from engine.serve.state import live_server, stop_server
 
+    if sum((args.server, args.eval, args.now)) > 1:
+        raise FtuiError("--server, --eval and --now each stop something else", "give one of them")
     run = find_run(args.run)
+    if args.eval:
+        from engine.eval.control import stop_eval
+
+        sys.stdout.write(stop_eval(run) + "\n")
+        return 0
     # --server, or a finished run whose server still runs: stop the server (`ftui serve`).
     if args.server or (live_server(run) and reconcile(run).get("status") in FINAL):
         sys.stdout.write(stop_server(run) + "\n")
