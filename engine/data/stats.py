@@ -29,7 +29,7 @@ COUNTED_BY = "estimate from character classes (engine.data.tokens)"
 @dataclass(frozen=True)
 class LengthStats:
     records: int
-    total_tokens: int
+    total_tokens: int  # every sequence trained: both sides of a preference pair
     p50: int
     p90: int
     p99: int
@@ -55,12 +55,13 @@ class LengthStats:
         }
 
 
-def _length_stats(lengths: list[int], **fields: Any) -> LengthStats:
-    """Count, total and percentiles of per-record token lengths (at least one record)."""
+def _length_stats(lengths: list[int], total: int, **fields: Any) -> LengthStats:
+    """Count and percentiles of per-record token lengths (at least one record), and the total
+    tokens trained (`total`: a preference pair's both sequences)."""
     ordered = sorted(lengths)
     return LengthStats(
         records=len(lengths),
-        total_tokens=sum(lengths),
+        total_tokens=total,
         p50=_percentile(ordered, 0.5),
         p90=_percentile(ordered, 0.9),
         p99=_percentile(ordered, 0.99),
@@ -77,7 +78,11 @@ def _percentile(ordered: list[int], q: float) -> int:
 def estimate_lengths(path: Path, *, model: str | None = None) -> tuple[LengthStats, list[int]]:
     """Token lengths of a dataset's valid records (any format `ftui data check` reads), in
     record order: counted with `model`'s own tokenizer.json when it is on this machine (the
-    template's markers still estimated), else estimated from character classes."""
+    template's markers still estimated), else estimated from character classes.
+
+    A record's length is its longest sequence (what the sequence length must hold); the total
+    counts every sequence the model trains on, so a preference pair's prompt + chosen and
+    prompt + rejected both count (the speed model's tokens/s counts both too)."""
     samples = load_samples(path).samples
     if not samples:
         raise FtuiError(
@@ -87,17 +92,19 @@ def estimate_lengths(path: Path, *, model: str | None = None) -> tuple[LengthSta
     tokenizer_file = local_tokenizer_file(model) if model else None
     count = tokenizer_counter(tokenizer_file) if tokenizer_file is not None else None
     if count is not None:
-        lengths = [count(s) for s in samples]
+        lengths = [count(s, False) for s in samples]
         return _length_stats(
             lengths,
+            sum(count(s, True) for s in samples),
             estimated=False,
             counted_by=f"{tokenizer_file} (+{TEMPLATE_TOKENS} per chat turn for the template)",
         ), lengths
     lengths = [estimate_sample(s) for s in samples]
     stats = _length_stats(
         lengths,
+        sum(estimate_sample(s, every_sequence=True) for s in samples),
         estimated=True,
-        total_low=sum(estimate_sample(s, ratios=LOW) for s in samples),
-        total_high=sum(estimate_sample(s, ratios=HIGH) for s in samples),
+        total_low=sum(estimate_sample(s, ratios=LOW, every_sequence=True) for s in samples),
+        total_high=sum(estimate_sample(s, ratios=HIGH, every_sequence=True) for s in samples),
     )
     return stats, lengths

@@ -145,20 +145,24 @@ def estimate_tokens(texts: Iterable[str], *, turns: int = 0, ratios: TokenRatios
     return max(1, round(ratios.text_tokens(classes) + overhead))
 
 
-def estimate_sample(sample: Sample, *, ratios: TokenRatios = CENTRAL) -> int:
+def estimate_sample(
+    sample: Sample, *, ratios: TokenRatios = CENTRAL, every_sequence: bool = False
+) -> int:
     """Estimated tokens of the longest sequence a sample trains on (a preference pair: the
-    prompt with the longer of chosen/rejected)."""
+    prompt with the longer of chosen/rejected), or with `every_sequence` of all the sequences
+    it puts through the model (a pair: prompt + chosen and prompt + rejected)."""
     if sample.text is not None:
         return estimate_tokens([sample.text], ratios=ratios)
     answers = [sample.chosen, sample.rejected] if sample.chosen is not None else [[]]
-    return max(
+    counts = [
         estimate_tokens(
             [t["content"] for t in [*sample.turns, *(answer or [])]],
             turns=len(sample.turns) + len(answer or []),
             ratios=ratios,
         )
         for answer in answers
-    )
+    ]
+    return sum(counts) if every_sequence else max(counts)
 
 
 def local_tokenizer_file(model: str) -> Path | None:
@@ -184,10 +188,11 @@ def local_tokenizer_file(model: str) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def tokenizer_counter(path: Path) -> Callable[[Sample], int] | None:
+def tokenizer_counter(path: Path) -> Callable[[Sample, bool], int] | None:
     """Token counts of samples with a tokenizer.json (the `tokenizers` library: fast, no
     transformers import): the texts' own tokens plus the template's markers as estimated
-    (`TEMPLATE_TOKENS` per turn, or `DOCUMENT_TOKENS`). None when it cannot be loaded."""
+    (`TEMPLATE_TOKENS` per turn, or `DOCUMENT_TOKENS`). The counter's second argument is
+    `every_sequence`, as for `estimate_sample`. None when it cannot be loaded."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
@@ -197,7 +202,7 @@ def tokenizer_counter(path: Path) -> Callable[[Sample], int] | None:
     except Exception:  # a tokenizer.json this tokenizers version cannot read
         return None
 
-    def count(sample: Sample) -> int:
+    def count(sample: Sample, every_sequence: bool = False) -> int:
         def tokens(turns: list[dict[str, str]]) -> int:
             texts = [t["content"] for t in turns]
             encoded = tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
@@ -207,6 +212,7 @@ def tokenizer_counter(path: Path) -> Callable[[Sample], int] | None:
             ids = tokenizer.encode(sample.text, add_special_tokens=False).ids
             return len(ids) + DOCUMENT_TOKENS
         answers = [sample.chosen, sample.rejected] if sample.chosen is not None else [[]]
-        return max(tokens([*sample.turns, *(answer or [])]) for answer in answers)
+        counts = [tokens([*sample.turns, *(answer or [])]) for answer in answers]
+        return sum(counts) if every_sequence else max(counts)
 
     return count

@@ -118,3 +118,33 @@ def test_the_planner_counts_pairs_and_the_reference() -> None:
     gpu = next(g for g in gpu_profiles() if g.id == "h100")
     pair_speed = tokens_per_s(arch, lora.with_changes(stage="dpo"), gpu)
     assert pair_speed < tokens_per_s(arch, lora.with_changes(stage="simpo"), gpu)
+
+
+def test_plan_counts_the_tokens_of_both_answers(tmp_path: Path) -> None:
+    """The plan's token count (what its time estimate is fed) holds prompt + chosen and
+    prompt + rejected: the trainer puts both through the model."""
+    from engine.data.stats import estimate_lengths
+
+    prompts = ["Name a colour of the sky.", "Which fruit is red?", "Say hello politely."]
+    chosen = ["Blue, on a clear day it is a deep blue. " * 6, "A strawberry. " * 3, "Hello!"]
+    rejected = ["Green. " * 2, "A banana, which is yellow when ripe. " * 8, "Go away."]
+
+    def write(name: str, rows: list[dict[str, str]]) -> Path:
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+        return path
+
+    triples = zip(prompts, chosen, rejected, strict=True)
+    pairs = write("pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in triples])
+    as_sft = [
+        write(f"{side}.jsonl", [{"instruction": p, "output": a}
+                                for p, a in zip(prompts, answers, strict=True)])
+        for side, answers in (("chosen", chosen), ("rejected", rejected))
+    ]  # fmt: skip
+    stats, lengths = estimate_lengths(pairs)
+    sides = [estimate_lengths(path)[0] for path in as_sft]
+    assert stats.total_tokens == pytest.approx(sum(s.total_tokens for s in sides), rel=0.02)
+    # each record's length is still its longer sequence: the sequence length must hold that
+    longer = [max(a, b) for a, b in zip(*(estimate_lengths(p)[1] for p in as_sft), strict=True)]
+    assert lengths == pytest.approx(longer, abs=2)
+    assert stats.total_tokens > sum(lengths)  # not just prompt + the longer answer
