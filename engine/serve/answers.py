@@ -69,6 +69,12 @@ class ServedModels:
     def text_inputs(self, prompt: str) -> Any:
         return self.chat.tokenizer(prompt, return_tensors="pt")
 
+    def inputs(self, variant: str, source: Any, chat: bool) -> Any:
+        """Load `variant` if it is not yet, then encode the prompt (in a worker thread: one
+        hand-off per request, not one per step)."""
+        self.load(variant)
+        return self.chat_inputs(source) if chat else self.text_inputs(source)
+
     def budget(self, inputs: Any, requested: int | None) -> tuple[int, int]:
         """(prompt tokens, new tokens allowed): 400 when the prompt and `requested` exceed the
         context; without a request, the room left (256 when the context is unknown)."""
@@ -104,12 +110,20 @@ class ServedModels:
 
 class Answer:
     """One answer crossing from the generating thread to the event loop. The thread hands on
-    text (cut at stop sequences) and wakes the loop for the first piece, then at most every
-    BATCH_S, and at the end: a wake per token would take the interpreter lock from `generate`
-    for every token (docs/serve.md)."""
+    text (cut at stop sequences); for a stream it wakes the loop for the first piece, then at
+    most every BATCH_S, and at the end; for a whole answer only at the end. Every wake costs
+    `generate` the interpreter lock for a while (a wake per token would cost it per token;
+    docs/serve.md)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stops: list[str], trim_start: bool):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stops: list[str],
+        trim_start: bool,
+        stream: bool = True,
+    ):
         self.loop = loop
+        self.stream = stream
         self.scanner = StopScanner(stops, trim_start=trim_start)
         self.generation: Generation | None = None
         self.done = False
@@ -132,7 +146,7 @@ class Answer:
             now = time.perf_counter()
             if self.first_text_at is None:
                 self.first_text_at = now
-            if now - self._woken_at >= BATCH_S:
+            if self.stream and now - self._woken_at >= BATCH_S:
                 self._woken_at = now
                 self._wake()
 

@@ -193,14 +193,10 @@ def create_app(
         req = parse_body(await read_body(request), kind)
         variant = models.resolve(req.model)
         stops = req.stops()
+        chat = isinstance(req, ChatCompletionRequest)
         try:
-            if isinstance(req, ChatCompletionRequest):
-                source: Any = req.chat_messages()
-                encode: Callable[[Any], Any] = models.chat_inputs
-            else:
-                source, encode = req.prompt_text(), models.text_inputs
-            await asyncio.to_thread(models.load, variant)
-            inputs = await asyncio.to_thread(encode, source)
+            source: Any = req.chat_messages() if chat else req.prompt_text()
+            inputs = await asyncio.to_thread(models.inputs, variant, source, chat)
         except ChatError as exc:
             raise ApiError(400, exc.message, param="model") from exc
         prompt_tokens, max_new = models.budget(inputs, req.max_new_tokens)
@@ -209,7 +205,8 @@ def create_app(
             settings.validate()
         except ChatError as exc:
             raise ApiError(400, exc.message) from exc
-        answer = Answer(asyncio.get_running_loop(), stops, trim_start=endpoint == "chat")
+        answer = Answer(asyncio.get_running_loop(), stops, trim_start=endpoint == "chat",
+                        stream=bool(req.stream))  # fmt: skip
         job = Job(new_id("chatcmpl" if endpoint == "chat" else "cmpl"), endpoint, variant,
                   req.stream, arrived, prompt_tokens, answer)  # fmt: skip
         models.start(inputs, settings, variant, answer)

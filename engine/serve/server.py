@@ -73,8 +73,11 @@ def serve(
     app = create_app(models, record, options.api_key, tell)
 
     def ready() -> None:
+        import torch  # loaded with the model already
+
         record.write(status="ready", default_model=models.default, models=models.names(),
-                     device=models.chat.device, ready_at=time.time())  # fmt: skip
+                     device=models.chat.device, torch_threads=torch.get_num_threads(),
+                     ready_at=time.time())  # fmt: skip
         tell(f"serving {run.run_id} at {options.url} on {models.chat.device}; models: "
              f"{', '.join(models.names())}")  # fmt: skip
 
