@@ -13,6 +13,7 @@ from engine.models import ModelArch
 from engine.plan.params import (
     ParamRoles,
     attached_roles,
+    idle_trainable,
     lora_param_count,
 )
 from engine.training_config import TrainingConfig
@@ -28,6 +29,9 @@ class ParamCounts:
     trainable: int
     per_layer_linear: int
     lora: int  # LoRA/DoRA adapter parameters (0 for full)
+    # trainable parameters text-only training never updates (multimodal towers): no
+    # gradients, no optimizer states
+    idle: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -142,6 +146,7 @@ def _counts_from_roles(
         trainable=trainable,
         per_layer_linear=decoder // max(arch.num_layers, 1),
         lora=lora,
+        idle=idle_trainable(roles, config),
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
+from engine.plan.activations import stack_activations
 from engine.plan.counts import (
     Linear,
     ParamCounts,
@@ -140,52 +141,34 @@ def optimizer_temp_bytes_per_param(optim: str, state_bytes: int) -> float:
 # -- activations -----------------------------------------------------------------------------
 
 
-def _attention_scores_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
-    """Per token per layer: eager attention keeps the softmax probabilities (fp32 and a
-    compute-dtype copy) for every key; sdpa/flash keep only a log-sum-exp per head."""
-    if config.attn == "eager":
-        return arch.num_heads * config.seq_len * (4 + b)
-    return arch.num_heads * 4
-
-
-def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
-    """Bytes saved for backward per token by one decoder layer (no checkpointing)."""
-    h = arch.hidden_size
-    qd = arch.num_heads * arch.head_dim
-    kvd = arch.num_kv_heads * arch.head_dim
-    full = config.method == "full"
-    moe = arch.is_moe
-    k = arch.experts_per_token if moe else 1
-    f = arch.moe_intermediate_size if moe else arch.intermediate_size
-
-    # RMSNorm upcasts its input to fp32 and keeps it; with a trainable norm weight it also
-    # keeps the normalised compute-dtype tensor. Two norms per layer.
-    norm = (4 * h if arch.rms_norm else b * h) + (b * h if full else 0)
-    total: float = 2 * norm
-    # q (post-RoPE), k (post-RoPE), v and the attention output, which sdpa/flash save.
-    total += b * (2 * qd + 2 * kvd)
-    total += _attention_scores_bytes(arch, config, b)
-    # Inputs of trainable linears: the norm outputs (shared by q/k/v and gate/up) and the
-    # inputs of o_proj and down_proj.
-    if full:
-        total += 2 * b * h + b * qd
-    # MLP: gate output (SiLU input), SiLU output, up output; down_proj's input when trainable.
-    mlp = (3 if arch.gated_mlp else 1) * b * f + (b * f if full else 0)
-    if moe:
-        mlp += b * h  # gathered tokens per expert
-        total += 4 * arch.num_experts  # router logits / softmax
-    total += k * mlp
+def _lora_saved_bytes(arch: ModelArch, config: TrainingConfig) -> float:
+    """Per token per layer: PEFT runs adapters in fp32, so each adapted module keeps an fp32
+    copy of its input (and the rank-r intermediate; DoRA its output)."""
     roles = attached_roles(arch) if config.is_peft else None
     if roles is not None:
-        total += lora_saved_input_bytes(roles, arch, config)
-    elif config.is_peft:
-        # PEFT runs adapters in fp32: each adapted module keeps an fp32 copy of its input.
+        return lora_saved_input_bytes(roles, arch, config)
+    total = 0.0
+    if config.is_peft:
+        k = arch.experts_per_token if arch.is_moe else 1
         for lin in lora_targets(arch, config):
             share = k if lin.count > 1 else 1
             total += share * (4 * lin.in_features + 4 * config.rank)
             if config.dora:
                 total += share * 4 * lin.out_features
     return total
+
+
+def stack_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> tuple[float, float]:
+    """Bytes per token saved for backward (no checkpointing): every layer together, and the
+    largest single layer. Each layer by its kind (engine/plan/activations.py)."""
+    stack = stack_activations(arch, config, b)
+    lora = _lora_saved_bytes(arch, config)
+    return stack.total + lora * max(arch.num_layers, 1), stack.largest + lora
+
+
+def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Bytes saved for backward per token by the average decoder layer (no checkpointing)."""
+    return stack_activation_bytes(arch, config, b)[0] / max(arch.num_layers, 1)
 
 
 # How the loss was computed: "v5" is ftui's stack (transformers 5: every causal LM upcasts
@@ -236,10 +219,11 @@ def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _St
         frozen = 0.0
     trainable_weight_bytes = 4 if config.is_peft else weight_bytes
     trainable: float = params.trainable * trainable_weight_bytes
-    grads: float = params.trainable * trainable_weight_bytes
+    updated = params.trainable - params.idle  # towers text never reaches get no gradient
+    grads: float = updated * trainable_weight_bytes
     state_bytes = 4 if (config.is_peft or mixed or config.dtype == "fp32") else b
-    optim = params.trainable * optimizer_bytes_per_param(config.optim, state_bytes)
-    temp = params.trainable * optimizer_temp_bytes_per_param(config.optim, state_bytes)
+    optim = updated * optimizer_bytes_per_param(config.optim, state_bytes)
+    temp = updated * optimizer_temp_bytes_per_param(config.optim, state_bytes)
     if mixed:
         # autocast keeps a compute-dtype copy of every weight it casts for the backward pass.
         notes.append("mixed precision: fp32 master weights, bf16 copies cached by autocast")
@@ -248,7 +232,7 @@ def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _St
     deepspeed = sharding.startswith("zero")
     if deepspeed and not config.is_peft and not mixed and config.dtype != "fp32":
         # DeepSpeed's bf16/fp16 optimizer steps an fp32 master copy: its states are fp32 too.
-        optim = params.trainable * (4 + optimizer_bytes_per_param(config.optim, 4))
+        optim = updated * (4 + optimizer_bytes_per_param(config.optim, 4))
         notes.append("DeepSpeed keeps fp32 master weights in the optimizer")
     gathered = 0.0
     offload = config.offload
@@ -331,7 +315,9 @@ def estimate_memory(
     h = arch.hidden_size
     n_layers = arch.num_layers
 
-    per_layer = layer_activation_bytes(arch, config, b) * calibration.activation_scale
+    stack_bytes, largest_layer = stack_activation_bytes(arch, config, b)
+    per_layer = stack_bytes / max(n_layers, 1) * calibration.activation_scale
+    largest_layer *= calibration.activation_scale
     mixed = config.method == "full" and config.dtype != "fp32" and not config.pure_bf16
     upcast = config.method == "qlora" and config.kbit_upcast
     residual = 4 if upcast else b  # the residual stream follows the embeddings' dtype
@@ -343,7 +329,7 @@ def estimate_memory(
         # gradient flowing through it (the logits are gone by then).
         saved: float = n_layers * residual * h * tokens
         at_loss = saved + logits
-        working = per_layer * tokens + 4 * residual * h * tokens + cast_weights
+        working = largest_layer * tokens + 4 * residual * h * tokens + cast_weights
         at_recompute = saved + working
     else:
         saved = n_layers * (per_layer * tokens + cast_weights) + 2 * residual * h * tokens
@@ -356,7 +342,7 @@ def estimate_memory(
     early_grads = 0.0
     if config.method == "full":
         head = params.lm_head or params.embedding
-        early_grads = head * (states.gradients / max(params.trainable, 1))
+        early_grads = head * (states.gradients / max(params.trainable - params.idle, 1))
     fb_grads = max(resident_grads, early_grads)
     # DDP keeps gradient buckets as a second copy of the gradients.
     ddp_buckets = states.gradients if config.num_gpus > 1 and config.sharding == "none" else 0.0

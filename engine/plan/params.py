@@ -59,6 +59,8 @@ class LinearGroup:
     out_features: int  # sum over the modules
     weights: int  # sum of in x out
     expert: bool  # routed experts as separate linears: a token visits k of them per layer
+    # in a vision/audio tower: text-only training never runs it (no activations, no gradients)
+    tower: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,12 @@ def _one_line(exc: BaseException) -> str:
 def _read_cache(key: str) -> ParamRoles | None:
     path = cache_dir() / f"{key}.json"
     try:
-        return ParamRoles.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        roles = ParamRoles.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if roles.role("towers") and not any(group.tower for group in roles.linears):
+        return None  # written before tower linears were told apart: count again
+    return roles
 
 
 def _read_seed(key: str) -> ParamRoles | None:
@@ -245,6 +250,24 @@ def lora_param_count(roles: ParamRoles, config: TrainingConfig | None) -> int:
     return total
 
 
+def idle_trainable(roles: ParamRoles, config: TrainingConfig | None) -> int:
+    """Trainable parameters text-only training never updates: the vision/audio towers of a
+    multimodal checkpoint (full fine-tune) or LoRA's adapters on them. The forward never runs
+    them, so they get no gradient and AdamW keeps no state for them."""
+    if config is None:
+        return 0
+    if config.method == "full":
+        return roles.role("towers")
+    if not config.is_peft:
+        return 0
+    total = 0
+    for group in adapted_groups(roles, config):
+        if group.tower:
+            total += config.rank * (group.in_features + group.out_features)
+            total += group.out_features if config.dora else 0
+    return total
+
+
 def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingConfig) -> float:
     """Bytes per token per decoder layer that LoRA adds to what backward keeps: PEFT runs
     adapters in fp32, so each adapted module keeps an fp32 copy of its input (and the rank-r
@@ -253,6 +276,8 @@ def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingC
     routed = arch.experts_per_token / arch.num_experts if arch.num_experts else 1.0
     total = 0.0
     for group in adapted_groups(roles, config):
+        if group.tower:
+            continue  # text-only training never runs the towers
         share = routed if group.expert else 1.0
         per = 4 * group.in_features + 4 * config.rank * group.modules
         if config.dora:
@@ -372,7 +397,7 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
     tied = output is not None and inputs is not None and output.weight is inputs.weight
     roles = dict.fromkeys(ROLES, 0)
     quantizable = expert_tensors = 0
-    groups: dict[tuple[str, bool], list[int]] = {}
+    groups: dict[tuple[str, bool, bool], list[int]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         kind = type(module).__name__
@@ -386,7 +411,8 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
                 in_f, out_f = module.in_features, module.out_features
             leaf = module_name.rsplit(".", 1)[-1]
             expert = bool(_ROUTED.search(module_name)) and not _SHARED.search(module_name)
-            sums = groups.setdefault((leaf, expert), [0, 0, 0, 0])
+            tower = bool(_TOWER.search(module_name.lower()))
+            sums = groups.setdefault((leaf, expert, tower), [0, 0, 0, 0])
             if id(weight) not in seen:
                 sums[0] += 1
                 sums[1] += int(in_f)
@@ -408,8 +434,8 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
                 expert_tensors += count
             roles[role] += count
     linears = tuple(
-        LinearGroup(name, n, in_f, out_f, weights, expert)
-        for (name, expert), (n, in_f, out_f, weights) in sorted(groups.items())
+        LinearGroup(name, n, in_f, out_f, weights, expert, tower)
+        for (name, expert, tower), (n, in_f, out_f, weights) in sorted(groups.items())
     )
     return ParamRoles(
         roles=roles,

@@ -1,0 +1,366 @@
+"""What each decoder layer saves for backward, per token, by the kind of layer it is.
+
+A decoder stack is not one layer repeated: sliding-window and full-attention layers
+interleave, DeepSeek's multi-head latent attention (MLA) projects through a compressed KV,
+MoE layers interleave with dense ones (first_k_dense_replace, moe_layer_freq, mlp_only_layers,
+decoder_sparse_step, interleave_moe_layer_step, expert_layer_period), and hybrids mix
+attention with Mamba-2 / Mamba blocks (Falcon-H1, Bamba, Jamba, Nemotron-H, Zamba-2, Granite
+4) or gated delta-net linear attention (Qwen3-Next). Each layer's kind is read from the
+config; each kind's bytes follow the tensors transformers' PyTorch code keeps for backward:
+the same code a training run executes when the optional fused kernels (mamba-ssm,
+causal-conv1d, flash-linear-attention) are not installed, and the code the dry run follows.
+
+Pure Python, no torch: the planner calls this for every candidate setup.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from engine.models import ModelArch
+from engine.training_config import TrainingConfig
+
+# Layer mixers
+ATTENTION = "attention"  # full causal attention
+SLIDING = "sliding"  # sliding-window or chunked attention (Gemma 2/3, gpt-oss, Llama 4)
+MLA = "mla"  # multi-head latent attention (DeepSeek-V2/V3, GLM-4.7-Flash, Kimi)
+MAMBA2 = "mamba2"  # Mamba-2's chunked scan (Falcon-H1, Bamba, Nemotron-H, Zamba-2, Granite 4)
+MAMBA = "mamba"  # Mamba-1's selective scan (Jamba, FalconMamba)
+DELTANET = "gated_deltanet"  # gated delta-net linear attention (Qwen3-Next)
+HYBRID = "hybrid"  # attention and Mamba-2 side by side in one layer (Falcon-H1)
+# MLPs
+DENSE, MOE, NO_MLP = "dense", "moe", "none"
+
+_GDN_CHUNK = 64  # torch_chunk_gated_delta_rule's chunk size
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    mixer: str
+    mlp: str
+
+
+@dataclass(frozen=True)
+class StackActivations:
+    """Bytes per token saved for backward: all layers together (no checkpointing) and the
+    largest single layer (what checkpointing's recompute holds at once) with the gradients
+    its backward creates beside them."""
+
+    total: float
+    largest: float
+    kinds: tuple[tuple[LayerKind, int], ...]  # each kind and how many layers have it
+
+
+def _cfg(arch: ModelArch) -> dict[str, Any]:
+    return arch.text_config
+
+
+def _int(cfg: dict[str, Any], *keys: str, default: int = 0) -> int:
+    for key in keys:
+        value = cfg.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and value:
+            return int(value)
+    return default
+
+
+def _mamba2_like(cfg: dict[str, Any]) -> bool:
+    return any(
+        key in cfg for key in ("mamba_n_heads", "mamba_num_heads", "n_mamba_heads", "mamba_headdim")
+    ) or ("ssm_state_size" in cfg and "chunk_size" in cfg)
+
+
+def _mixer_of(cfg: dict[str, Any], name: str) -> str:
+    """A layer-type string as configs spell it, as one of the mixers above."""
+    name = str(name).lower()
+    if name in ("sliding_attention", "chunked_attention", "local", "sliding"):
+        return SLIDING
+    if name in ("linear_attention", "mamba", "mamba2", "m", "ssm"):
+        if "linear_key_head_dim" in cfg:
+            return DELTANET
+        return MAMBA2 if _mamba2_like(cfg) else MAMBA
+    if name == "hybrid":  # Zamba-2: a Mamba-2 block plus the shared attention block
+        return HYBRID
+    return ATTENTION
+
+
+def _mixers(cfg: dict[str, Any], n: int) -> list[str]:
+    model_type = str(cfg.get("model_type", ""))
+    types = cfg.get("layer_types") or cfg.get("layers_block_type")
+    if isinstance(types, list) and types:
+        kinds = [_mixer_of(cfg, t) for t in types[:n]]
+        kinds += [kinds[-1]] * (n - len(kinds))
+        # Nemotron-H's "moe"/"mlp" entries are whole layers without a mixer
+        return kinds
+    if model_type.startswith("falcon_h1"):
+        return [HYBRID] * n
+    if "kv_lora_rank" in cfg and cfg.get("kv_lora_rank"):
+        return [MLA] * n
+    indices = cfg.get("attn_layer_indices")
+    if isinstance(indices, list) and _mamba2_like(cfg):  # Bamba
+        return [ATTENTION if i in indices else MAMBA2 for i in range(n)]
+    period = _int(cfg, "attn_layer_period")
+    if period:  # Jamba
+        offset = _int(cfg, "attn_layer_offset")
+        return [ATTENTION if i % period == offset else MAMBA for i in range(n)]
+    window = cfg.get("sliding_window")
+    if isinstance(window, int) and window and cfg.get("use_sliding_window", True):
+        return [SLIDING] * n
+    return [ATTENTION] * n
+
+
+def _mlps(cfg: dict[str, Any], arch: ModelArch, n: int) -> list[str]:
+    types = cfg.get("layers_block_type")
+    if isinstance(types, list) and any(t in ("moe", "mlp") for t in types):
+        out = []
+        for t in types[:n]:
+            out.append(MOE if t == "moe" else DENSE if t == "mlp" else NO_MLP)
+        return out
+    if not arch.is_moe:
+        return [DENSE] * n
+    moe = [True] * n
+    first_dense = _int(cfg, "first_k_dense_replace")
+    freq = _int(cfg, "moe_layer_freq", default=1)
+    sparse_step = _int(cfg, "decoder_sparse_step", default=1)
+    interleave = _int(cfg, "interleave_moe_layer_step", default=1)
+    only_dense = set(cfg.get("mlp_only_layers") or ())
+    moe_layers = cfg.get("moe_layers")
+    period = _int(cfg, "expert_layer_period")
+    offset = _int(cfg, "expert_layer_offset")
+    for i in range(n):
+        if i < first_dense or i % freq or (i + 1) % sparse_step or i in only_dense:
+            moe[i] = False
+        if isinstance(moe_layers, list):
+            moe[i] = i in moe_layers
+        elif interleave > 1:
+            moe[i] = (i + 1) % interleave == 0
+        if period:
+            moe[i] = i % period == offset
+    return [MOE if m else DENSE for m in moe]
+
+
+_KINDS: dict[int, tuple[ModelArch, tuple[LayerKind, ...]]] = {}
+
+
+def layer_kinds(arch: ModelArch) -> tuple[LayerKind, ...]:
+    """The kind of each decoder layer of `arch`, from its config (cached per arch)."""
+    entry = _KINDS.get(id(arch))
+    if entry is not None and entry[0] is arch:
+        return entry[1]
+    cfg = _cfg(arch)
+    n = max(arch.num_layers, 1)
+    mixers = _mixers(cfg, n)
+    mlps = _mlps(cfg, arch, n)
+    types = cfg.get("layers_block_type")
+    if isinstance(types, list) and any(t in ("moe", "mlp") for t in types):
+        # Nemotron-H: a layer is a mixer or an MLP, never both
+        mixers = [m if mlp == NO_MLP else "none" for m, mlp in zip(mixers, mlps, strict=False)]
+    kinds = tuple(LayerKind(m, p) for m, p in zip(mixers, mlps, strict=False))
+    if len(_KINDS) > 256:
+        _KINDS.clear()
+    _KINDS[id(arch)] = (arch, kinds)
+    return kinds
+
+
+# -- bytes per token, per kind -----------------------------------------------------------------
+
+
+def attention_scores_bytes(arch: ModelArch, config: TrainingConfig, b: int, keys: int) -> float:
+    """Per token per layer: eager attention keeps the softmax probabilities (fp32 and a
+    compute-dtype copy) for every key it sees; sdpa/flash keep only a log-sum-exp per head."""
+    if config.attn == "eager":
+        return arch.num_heads * keys * (4 + b)
+    return arch.num_heads * 4
+
+
+def _attention(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    h = arch.hidden_size
+    qd = arch.num_heads * arch.head_dim
+    kvd = arch.num_kv_heads * arch.head_dim
+    # q (post-RoPE), k (post-RoPE), v and the attention output, which sdpa/flash save.
+    total = b * (2 * qd + 2 * kvd) + attention_scores_bytes(arch, config, b, config.seq_len)
+    if config.method == "full":
+        total += b * h + b * qd  # inputs of q/k/v (the norm output) and of o_proj
+    return total
+
+
+def _mla(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """DeepSeek's MLA: q through a rank-q_lora_rank bottleneck, k/v from a compressed
+    kv_lora_rank latent plus a shared rotary key, each bottleneck RMSNorm-ed."""
+    cfg = _cfg(arch)
+    heads = arch.num_heads
+    rope = _int(cfg, "qk_rope_head_dim")
+    nope = _int(cfg, "qk_nope_head_dim", default=arch.head_dim)
+    v_dim = _int(cfg, "v_head_dim", default=arch.head_dim)
+    kv_rank = _int(cfg, "kv_lora_rank")
+    q_rank = _int(cfg, "q_lora_rank")
+    qk = heads * (nope + rope)
+    total: float = b * (2 * qk + 2 * heads * v_dim)  # q, k (after RoPE and concat), v, output
+    total += b * heads * (nope + v_dim)  # kv_b_proj's output, split into k_nope and v
+    total += b * (kv_rank + rope) + 4 * kv_rank  # kv_a output, its norm's fp32 input
+    if q_rank:
+        total += b * q_rank + 4 * q_rank  # q_a output, its norm's fp32 input
+    total += 2 * b * heads * rope  # the rotary halves before and after RoPE
+    total += attention_scores_bytes(arch, config, b, config.seq_len)
+    if config.method == "full":
+        total += b * (arch.hidden_size + kv_rank + q_rank + heads * v_dim)
+    return total
+
+
+def _padded(seq: int, chunk: int) -> float:
+    """Padded length per real token: the chunked scans pad the sequence to whole chunks."""
+    return math.ceil(seq / chunk) * chunk / seq if chunk else 1.0
+
+
+def _mamba2(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Mamba-2's PyTorch chunked scan (transformers' torch_forward / mamba2_chunk_scan): the
+    projections in the compute dtype, then fp32 chunk tensors per padded token: B and C per
+    head (n each, repeated over the heads of a group), the l x l decay, scores and masked
+    scores per head within a chunk, and the head_dim-sized inputs, outputs and states."""
+    cfg = _cfg(arch)
+    h = arch.hidden_size
+    heads = _int(cfg, "mamba_n_heads", "mamba_num_heads", "n_mamba_heads", default=1)
+    state = _int(cfg, "mamba_d_state", "ssm_state_size", "state_size", default=128)
+    groups = _int(cfg, "mamba_n_groups", "mamba_ngroups", "n_groups", default=1)
+    chunk = _int(cfg, "mamba_chunk_size", "chunk_size", default=256)
+    inner = _int(cfg, "mamba_d_ssm")
+    if not inner:
+        head_dim = _int(cfg, "mamba_d_head", "mamba_head_dim", "mamba_headdim")
+        inner = heads * head_dim if head_dim else _int(cfg, "mamba_expand", default=2) * h
+    p = inner / heads
+    conv = inner + 2 * groups * state
+    # in_proj's output (gate, x/B/C, dt), the conv's input and SiLU output, the gated output;
+    # the scan's fp32 input, its dt-scaled copy and the skip term
+    total: float = b * (inner + conv + heads) + 2 * b * conv + 2 * b * inner + 4 * inner
+    total += 4 * heads * 3 * p
+    # per padded token, per head: the l x l decay, scores and masked scores; B, C and the
+    # decayed B (state-sized); the chunked inputs, outputs and their parts (head_dim)
+    scan = 4 * heads * (3 * chunk + 3 * state + 5 * p + 6)
+    total += scan * _padded(config.seq_len, chunk)
+    if config.method == "full":
+        total += b * (h + inner)  # in_proj's and out_proj's inputs
+    return total
+
+
+def _mamba1(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Mamba-1's PyTorch selective scan: per token and channel, the discretised A and B·u
+    (state-sized, fp32) and the scan's state, plus the projections."""
+    cfg = _cfg(arch)
+    h = arch.hidden_size
+    inner = _int(cfg, "mamba_expand", "expand", default=2) * h
+    state = _int(cfg, "mamba_d_state", "state_size", default=16)
+    rank = _int(cfg, "mamba_dt_rank", "time_step_rank", default=max(h // 16, 1))
+    total: float = b * (4 * inner + rank + 2 * state) + 4 * inner * state * 3
+    if config.method == "full":
+        total += b * (h + inner + rank)
+    return total
+
+
+def _deltanet(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Gated delta-net (torch_chunk_gated_delta_rule): q/k repeated to the value heads and
+    l2-normalised, padded, beta-scaled and decayed copies in fp32 per padded token; chunk x
+    chunk decay and attention matrices per head; per chunk, the recurrent state."""
+    cfg = _cfg(arch)
+    h = arch.hidden_size
+    dk = _int(cfg, "linear_key_head_dim", default=128)
+    dv = _int(cfg, "linear_value_head_dim", default=128)
+    hk = _int(cfg, "linear_num_key_heads", default=16)
+    hv = _int(cfg, "linear_num_value_heads", default=32)
+    c = _GDN_CHUNK
+    proj = hv * dv + 2 * hv  # z (the output gate), beta and the decay's input
+    conv = 2 * hk * dk + hv * dv  # the causal conv's input and SiLU output
+    total: float = b * (proj + 2 * conv + 2 * hv * dv) + 4 * hv * dv * 2  # the gated RMSNorm
+    # fp32, per value head: q and k before l2norm, padded, scaled, beta-scaled, decayed
+    # and solved (9 x dk); v padded, beta-scaled, solved and corrected (5 x dv); the chunk x
+    # chunk decay, key products and intra-chunk attention (5 x chunk); a state per chunk
+    per_head = 9 * dk + 5 * dv + 5 * c + dk * dv / c
+    total += 4 * hv * per_head * _padded(config.seq_len, c)
+    if config.method == "full":
+        total += b * (h + hv * dv)
+    return total
+
+
+def _mlp(arch: ModelArch, config: TrainingConfig, b: int, f: int) -> float:
+    """A (gated) MLP's saved tensors: gate output (the activation's input), activation and up
+    outputs; down_proj's input when it is trainable."""
+    full = config.method == "full"
+    return (3 if arch.gated_mlp else 1) * b * f + (b * f if full else 0)
+
+
+def _shared_expert_size(arch: ModelArch) -> int:
+    cfg = _cfg(arch)
+    size = _int(cfg, "shared_expert_intermediate_size", "shared_intermediate_size")
+    if size:
+        return size
+    shared = _int(cfg, "n_shared_experts", "num_shared_experts", "moe_num_shared_experts")
+    return shared * arch.moe_intermediate_size
+
+
+def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """Bytes saved for backward per token by one layer of `kind` (no checkpointing), LoRA's
+    own saved inputs excluded (engine.plan.estimator adds them)."""
+    h = arch.hidden_size
+    full = config.method == "full"
+    # RMSNorm upcasts its input to fp32 and keeps it; with a trainable norm weight it also
+    # keeps the normalised compute-dtype tensor. Two norms per layer (one without an MLP).
+    norm = (4 * h if arch.rms_norm else b * h) + (b * h if full else 0)
+    total: float = norm * (1 if kind.mlp == NO_MLP or kind.mixer == "none" else 2)
+    if kind.mixer in (ATTENTION, SLIDING):
+        # a sliding window saves what full attention saves: flash/sdpa keep no scores, and
+        # eager attention computes every key's score and masks those outside the window
+        total += _attention(arch, config, b)
+    elif kind.mixer == MLA:
+        total += _mla(arch, config, b)
+    elif kind.mixer == MAMBA2:
+        total += _mamba2(arch, config, b)
+    elif kind.mixer == HYBRID:
+        total += _attention(arch, config, b) + _mamba2(arch, config, b)
+    elif kind.mixer == MAMBA:
+        total += _mamba1(arch, config, b)
+    elif kind.mixer == DELTANET:
+        total += _deltanet(arch, config, b)
+    if kind.mlp == DENSE:
+        total += _mlp(arch, config, b, arch.intermediate_size) + (b * h if full else 0)
+    elif kind.mlp == MOE:
+        k = max(arch.experts_per_token, 1)
+        # each routed token is gathered (h) and runs its k experts' MLPs
+        total += k * (_mlp(arch, config, b, arch.moe_intermediate_size) + b * h)
+        total += 4 * arch.num_experts  # router logits / softmax
+        shared = _shared_expert_size(arch)
+        if shared:
+            total += _mlp(arch, config, b, shared)
+        if full:
+            total += b * h
+    return total
+
+
+def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind) -> float:
+    """Gradients a layer's backward holds beside its saved tensors, per token, beyond the
+    hidden-sized ones every layer has: the chunked scans' fp32 score gradients (two l x l
+    per head while the masked scores' product is differentiated) and, for Mamba-2, the
+    gradients of B and C repeated over the heads."""
+    cfg = _cfg(arch)
+    if kind.mixer in (MAMBA2, HYBRID):
+        heads = _int(cfg, "mamba_n_heads", "mamba_num_heads", "n_mamba_heads", default=1)
+        state = _int(cfg, "mamba_d_state", "ssm_state_size", "state_size", default=128)
+        chunk = _int(cfg, "mamba_chunk_size", "chunk_size", default=256)
+        return 4 * heads * (2 * chunk * _padded(config.seq_len, chunk) + 2 * state)
+    if kind.mixer == DELTANET:
+        hv = _int(cfg, "linear_num_value_heads", default=32)
+        return 4 * hv * 2 * _GDN_CHUNK * _padded(config.seq_len, _GDN_CHUNK)
+    return 0.0
+
+
+def stack_activations(arch: ModelArch, config: TrainingConfig, b: int) -> StackActivations:
+    """Every layer's saved bytes per token: their sum and the largest layer (with its
+    backward's own gradients)."""
+    counts: dict[LayerKind, int] = {}
+    for kind in layer_kinds(arch):
+        counts[kind] = counts.get(kind, 0) + 1
+    sizes = {kind: layer_bytes(arch, config, b, kind) for kind in counts}
+    total = sum(sizes[kind] * n for kind, n in counts.items())
+    largest = max(sizes[kind] + backward_bytes(arch, config, kind) for kind in counts)
+    return StackActivations(total, largest, tuple(counts.items()))
