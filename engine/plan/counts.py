@@ -153,6 +153,11 @@ def _counts_from_roles(
 def stack_notes(arch: ModelArch, config: TrainingConfig) -> list[str]:
     """What today's stack does to fused 3-D expert tensors (transformers 5's MoE layers)."""
     roles = attached_roles(arch)
+    if roles is not None and config.grad_ckpt and not roles.checkpointing:
+        return [
+            f"{roles.model_class or arch.model_type} does not support gradient checkpointing: "
+            "plan it without --grad-ckpt"
+        ]
     if roles is None or not roles.expert_tensors or not config.is_peft:
         return []
     billions = roles.expert_tensors / 1e9

@@ -81,6 +81,8 @@ class ParamRoles:
     # Linear names PEFT refuses to adapt in this architecture (Mamba's out_proj): all-linear
     # leaves them out.
     unadaptable: tuple[str, ...] = ()
+    # transformers' supports_gradient_checkpointing (CTRL, CPM-Ant and GPT-NeoX-Japanese lack it)
+    checkpointing: bool = True
 
     def role(self, name: str) -> int:
         return self.roles.get(name, 0)
@@ -105,6 +107,7 @@ class ParamRoles:
             reason=str(data.get("reason", "")),
             model_class=str(data.get("model_class", "")),
             unadaptable=tuple(data.get("unadaptable", ())),
+            checkpointing=bool(data.get("checkpointing", True)),
         )
 
 
@@ -195,11 +198,12 @@ def _one_line(exc: BaseException) -> str:
 def _read_cache(key: str) -> ParamRoles | None:
     path = cache_dir() / f"{key}.json"
     try:
-        roles = ParamRoles.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        roles = ParamRoles.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if roles.role("towers") and not any(group.tower for group in roles.linears):
-        return None  # written before tower linears were told apart: count again
+    if "checkpointing" not in data:
+        return None  # written before towers and checkpointing support were recorded
     return roles
 
 
@@ -447,6 +451,7 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
         transformers_version=version,
         model_class=type(model).__name__,
         unadaptable=peft_unadaptable(model),
+        checkpointing=bool(getattr(model, "supports_gradient_checkpointing", True)),
     )
 
 

@@ -34,7 +34,31 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, MOE_FFN, VOCAB = 256, 4, 2, 64, 512, 128
 # Layer counts and dimensions as config keys spell them; a key is only changed when present.
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
-_TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts", "top_k")
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts", "top_k", "moe_k")
+# State-space and linear-attention blocks, shrunk together: 8 heads over twice the hidden size
+# (head dims follow), a smaller state. Their PyTorch scans cost heads x chunk per token.
+SSM_HEADS, SSM_STATE = 8, 64
+_SSM_HEAD_KEYS = ("mamba_n_heads", "mamba_num_heads", "n_mamba_heads")
+_SSM_HEAD_DIM_KEYS = ("mamba_d_head", "mamba_head_dim", "mamba_headdim")
+_SSM_STATE_KEYS = ("mamba_d_state", "ssm_state_size")
+_LINEAR_ATTENTION = {
+    "linear_num_heads": HEADS,
+    "linear_head_dim": HEAD_DIM,
+    "linear_num_key_heads": 4,
+    "linear_num_value_heads": 8,
+    "linear_key_head_dim": 64,
+    "linear_value_head_dim": 64,
+}
+_PATTERN_KEYS = (
+    "first_k_dense_replace",
+    "interleave_moe_layer_step",
+    "full_attention_interval",
+    "sliding_window_pattern",
+    "attn_layer_period",
+    "expert_layer_period",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+)
 _DIMENSIONS = {
     "hidden_size": HIDDEN,
     "n_embd": HIDDEN,
@@ -57,7 +81,11 @@ _DIMENSIONS = {
     "qk_nope_head_dim": 32,
     "v_head_dim": 32,
     "n_group": 1,
+    "num_expert_group": 1,
     "topk_group": 1,
+    # Zamba-2's shared attention block works at twice the hidden size
+    "attention_hidden_size": 2 * HIDDEN,
+    "attention_head_dim": 2 * HIDDEN // HEADS,
 }
 
 
@@ -100,38 +128,49 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
     layers = next((out[k] for k in _LAYER_KEYS if isinstance(out.get(k), int)), None)
     # Patterned stacks (dense first layers, interleaved MoE or attention types) keep 4 layers
     # so that each kind of layer is there.
-    patterned = any(
-        out.get(k) not in (None, 0, 1, [])
-        for k in (
-            "first_k_dense_replace",
-            "interleave_moe_layer_step",
-            "full_attention_interval",
-            "sliding_window_pattern",
-            "attn_layer_period",
-            "expert_layer_period",
-            "decoder_sparse_step",
-            "mlp_only_layers",
-        )
-    ) or isinstance(out.get("layer_types"), list)
+    patterned = any(out.get(k) not in (None, 0, 1, []) for k in _PATTERN_KEYS) or any(
+        isinstance(out.get(k), list) for k in ("layer_types", "layers_block_type")
+    )
     n_layers = min(layers or LAYERS, 4 if patterned else LAYERS)
     for key in _LAYER_KEYS:
         if isinstance(out.get(key), int):
             out[key] = n_layers
     for key, value in list(out.items()):
-        if isinstance(value, list) and len(value) == layers and key.endswith(("types", "_layers")):
-            out[key] = value[:n_layers]  # per-layer lists follow the layer count
+        if isinstance(value, list) and len(value) == layers and key.endswith(("types", "_type")):
+            out[key] = _sample_pattern(value, n_layers)  # each kind of layer stays
+        elif isinstance(value, list) and len(value) == layers and key.endswith("_layers"):
+            out[key] = value[:n_layers]
+    if isinstance(out.get("first_k_dense_replace"), int) and out["first_k_dense_replace"] > 1:
+        out["first_k_dense_replace"] = 1  # one dense layer, then MoE layers
+    for key in ("num_nextn_predict_layers", "mtp_num_layers", "num_mtp_layers"):
+        if isinstance(out.get(key), int) and out[key] > 1:
+            out[key] = 1
+    for key in ("attn_layer_indices", "mlp_only_layers", "moe_layers"):
+        if isinstance(out.get(key), list):
+            out[key] = [i for i in out[key] if isinstance(i, int) and i < n_layers] or (
+                [n_layers - 1] if key == "attn_layer_indices" else out[key][:0]
+            )
     for key in _EXPERT_KEYS:
         if isinstance(out.get(key), int) and out[key] > EXPERTS:
             out[key] = EXPERTS
+    experts = any(isinstance(out.get(key), int) and out[key] > 0 for key in _EXPERT_KEYS)
     for key in _TOP_K_KEYS:
         if isinstance(out.get(key), int) and out[key] > EXPERTS_PER_TOKEN:
             out[key] = EXPERTS_PER_TOKEN
+        elif key in out and out[key] is None and experts:
+            out[key] = EXPERTS_PER_TOKEN  # a default left unset (DeepSeek-V2's top-k)
     if dims:
         for key, value in _DIMENSIONS.items():
             if isinstance(out.get(key), int) and out[key] > value:
                 out[key] = value
         if isinstance(out.get("qk_rope_head_dim"), int) and "head_dim" in out:
             out["head_dim"] = out["qk_rope_head_dim"]  # MLA's head_dim is its rotary part
+        if out.get("kv_lora_rank"):
+            # MLA: keys and values have every query head; qk_head_dim is derived
+            out["num_key_value_heads"] = out.get("num_attention_heads", HEADS)
+            if "qk_head_dim" in out:
+                out["qk_head_dim"] = out.get("qk_nope_head_dim", 0) + out.get("qk_rope_head_dim", 0)
+        _shrink_ssm(out)
         vocab = out.get("vocab_size")
         for key, value in list(out.items()):
             # special tokens must stay inside the smaller vocabulary
@@ -140,6 +179,39 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
     if isinstance(out.get("text_config"), dict):
         out["text_config"] = _shrink(out["text_config"], dims)
     return out
+
+
+def _sample_pattern(kinds: list[Any], n: int) -> list[Any]:
+    """n entries of a per-layer pattern with each kind it has, in their first order."""
+    first = list(dict.fromkeys(kinds))[:n]
+    out = list(kinds[:n])
+    for kind in first:
+        if kind not in out:
+            # replace the most repeated entry (from the end) with the missing kind
+            most = max(out, key=out.count)
+            out[len(out) - 1 - out[::-1].index(most)] = kind
+    return out
+
+
+def _shrink_ssm(out: dict[str, Any]) -> None:
+    """Mamba and gated linear-attention sizes consistent with the shrunk hidden size."""
+    hidden = out.get("hidden_size")
+    heads_key = next((k for k in _SSM_HEAD_KEYS if isinstance(out.get(k), int)), None)
+    if heads_key is not None and isinstance(hidden, int):
+        expand = out.get("mamba_expand")
+        inner = (expand if isinstance(expand, int) else 2) * hidden
+        out[heads_key] = SSM_HEADS
+        for key in _SSM_HEAD_DIM_KEYS:
+            if isinstance(out.get(key), int):
+                out[key] = inner // SSM_HEADS
+        if isinstance(out.get("mamba_d_ssm"), int):
+            out["mamba_d_ssm"] = inner
+    for key in _SSM_STATE_KEYS:
+        if isinstance(out.get(key), int) and out[key] > SSM_STATE:
+            out[key] = SSM_STATE
+    for key, value in _LINEAR_ATTENTION.items():
+        if isinstance(out.get(key), int) and out[key] > value:
+            out[key] = value
 
 
 def small_config(model_type: str) -> tuple[dict[str, Any], str]:
@@ -192,7 +264,12 @@ def check_architecture(model_type: str) -> CoverageRow:
     row = CoverageRow(model_type, "checked", shrunk=shrunk, params=roles.total if roles else 0)
     for method in METHODS:
         for seq_len in SEQ_LENS:
-            training = TrainingConfig(method=method, pure_bf16=method == "full", seq_len=seq_len)
+            training = TrainingConfig(
+                method=method,
+                pure_bf16=method == "full",
+                seq_len=seq_len,
+                grad_ckpt=roles.checkpointing if roles else True,  # CTRL cannot checkpoint
+            )
             dry = dry_run_or_decline(arch, training)
             if isinstance(dry, DryRunDeclined):
                 row.status, row.reason = "declined", dry.reason
