@@ -277,6 +277,12 @@ class TrainingConfig:
                 f"(got {self.virtual_tokens})",
                 "e.g. --virtual-tokens 20",
             )
+        if self.method == "prefix" and self.grad_ckpt:
+            raise ConfigError(
+                "--method prefix cannot train with gradient checkpointing: a checkpointed "
+                "layer runs without the trained keys and values (PEFT refuses the pair)",
+                "use --no-grad-ckpt, or --method prompt / lora",
+            )
         if self.method == "freeze" and self.trainable_layers < 1:
             raise ConfigError(
                 f"--trainable-layers must be at least 1 (got {self.trainable_layers})",

@@ -302,11 +302,9 @@ def estimate_memory(
             arch, config, calibration, correction=correction, loss_path=loss_path
         )
     if config.method not in PLANNED_METHODS or config.base_bits != 16:
-        from engine.plan.methods import proxy_config  # the PEFT family, bounded for now
+        from engine.plan.method_memory import family_memory  # the rest of the PEFT family
 
-        return estimate_memory(
-            arch, proxy_config(config), calibration, correction=correction, loss_path=loss_path
-        )
+        return family_memory(arch, config, calibration, correction=correction, loss_path=loss_path)
     b = DTYPE_BYTES[config.dtype]
     params = count_params(arch, config)
     states = _states(arch, config, params)

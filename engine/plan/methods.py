@@ -73,22 +73,3 @@ def check_architecture(method: str, config: dict[str, Any]) -> None:
             f"{', '.join(LLAMA_ADAPTER_TYPES)} models, not {model_type}",
             "use --method prefix (keys and values in every layer) or lora",
         )
-
-
-def proxy_config(config: Any) -> Any:
-    """The planned method whose memory bounds this one's, until the estimator sizes each
-    method itself: LoRA (rank 16, all linears: more trainable parameters than any adapter
-    method here) with the prompt's virtual tokens as extra positions, a full fine-tune for
-    bias / freeze (which train the model's own weights), 16-bit LoRA for an 8-bit base."""
-    from engine.training_config import PARTIAL_METHODS, PROMPT_METHODS
-
-    method = config.method
-    if method in PARTIAL_METHODS:
-        return config.with_changes(method="full")
-    if method in (*PROMPT_METHODS, "ia3"):
-        extra = config.virtual_tokens if method in ("prompt", "ptuning") else 0
-        return config.with_changes(
-            method="lora", rank=16, alpha=32, targets=("all-linear",), dora=False,
-            seq_len=config.seq_len + extra,
-        )  # fmt: skip
-    return config.with_changes(base_bits=16)

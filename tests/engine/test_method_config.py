@@ -21,6 +21,7 @@ from engine.training_config import ConfigError, TrainingConfig
         ({"method": "freeze", "trainable_layers": 0}, "--trainable-layers must be at least 1"),
         ({"method": "ia3", "stage": "dpo"}, "trains with --stage sft or pretrain"),
         ({"method": "lora", "lora_init": "eva"}, "is not a LoRA initialisation"),
+        ({"method": "prefix", "grad_ckpt": True}, "cannot train with gradient checkpointing"),
     ],
 )
 def test_family_knobs_refused_with_their_fix(changes: dict[str, object], words: str) -> None:
@@ -34,7 +35,7 @@ def test_family_knobs_refused_with_their_fix(changes: dict[str, object], words: 
     [
         {"method": "lora", "rslora": True, "lora_init": "pissa", "lora_plus_ratio": 16.0},
         {"method": "lora", "base_bits": 8},
-        {"method": "prefix", "virtual_tokens": 32},
+        {"method": "prefix", "virtual_tokens": 32, "grad_ckpt": False},
         {"method": "freeze", "trainable_layers": 4, "train_embeddings": True},
     ],
 )

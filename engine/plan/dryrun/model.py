@@ -1,9 +1,10 @@
 """The dry run's model: the real transformers model on the meta device, set up for training.
 
 `build_model` builds the model from its config.json the way a Hugging Face Trainer run sets it
-up: weights dtype (fp32 master weights under autocast for mixed-precision full fine-tunes),
-attention implementation (FlashAttention-2 as a mask-free SDPA stand-in), the 4-bit stand-in
-for QLoRA (engine/plan/dryrun/bnb.py), non-reentrant gradient checkpointing, then PEFT's LoRA/DoRA.
+up: weights dtype (fp32 master weights under autocast for mixed-precision full, bias and
+freeze runs), attention implementation (FlashAttention-2 as a mask-free SDPA stand-in), the
+4-bit stand-in for QLoRA (engine/plan/dryrun/bnb.py; 8-bit: int8.py), the method as a real run
+sets it up (engine/plan/dryrun/methods.py), then non-reentrant gradient checkpointing.
 Everything stays on `meta`: the driver (engine/plan/dryrun/entry.py) materialises it as fake
 tensors.
 `count_params`, `shared_parameters` and `retie` read and restore what the model shares.
@@ -18,8 +19,8 @@ from typing import Any
 
 from engine.errors import FtuiError
 from engine.models import ModelArch
-from engine.plan.dryrun.bnb import quantize_4bit, register_lora_4bit
-from engine.plan.params import decode_floats, peft_target_modules
+from engine.plan.dryrun.bnb import quantize_4bit
+from engine.plan.params import decode_floats
 from engine.training_config import TrainingConfig
 
 
@@ -53,7 +54,8 @@ def build_model(arch: ModelArch, config: TrainingConfig, notes: list[str]) -> Mo
 
     compute_dtype = getattr(torch, _DTYPES[config.dtype])
     autocast_dtype = None
-    if config.method == "full" and config.dtype != "fp32" and not config.pure_bf16:
+    master = config.method in ("full", "bias", "freeze")  # the real run's fp32 master weights
+    if master and config.dtype != "fp32" and not config.pure_bf16:
         weights_dtype = torch.float32
         autocast_dtype = compute_dtype
         notes.append(
@@ -75,10 +77,18 @@ def build_model(arch: ModelArch, config: TrainingConfig, notes: list[str]) -> Mo
     model.train()
     if config.method == "qlora":
         quantize_4bit(model, compute_dtype, config.double_quant, notes)
-    if config.grad_ckpt:
+    elif config.base_bits == 8:
+        from engine.plan.dryrun.int8 import quantize_8bit
+
+        quantize_8bit(model, notes)
+    if config.method != "full":  # as engine/run/train.py: the method, then input grads
+        from engine.plan.dryrun.methods import apply_method
+
+        model = apply_method(model, config, notes, DryRunError)
+        if config.grad_ckpt:
+            model.enable_input_require_grads()
+    if config.grad_ckpt:  # the Trainer enables it last, on the model it was given
         _enable_checkpointing(model)
-    if config.is_peft:
-        model = _apply_lora(model, config)
     return ModelSetup(model=model, autocast_dtype=autocast_dtype)
 
 
@@ -174,30 +184,6 @@ def _enable_checkpointing(model: Any) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:  # transformers before the rename
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _apply_lora(model: Any, config: TrainingConfig) -> Any:
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    lora_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        target_modules=peft_target_modules(model, config.targets),
-        use_dora=config.dora,
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-    )
-    if config.method == "qlora":
-        register_lora_4bit(lora_config)
-    try:
-        with torch.device("meta"):
-            return get_peft_model(model, lora_config)
-    except Exception as exc:  # PEFT refuses targets, or a module type it cannot wrap
-        raise DryRunError(
-            f"PEFT cannot apply LoRA to {', '.join(config.targets)}: {one_line(exc)}",
-            "use --targets all-linear, or module names this model has",
-        ) from exc
 
 
 def count_params(model: Any) -> tuple[int, int]:
