@@ -19,7 +19,8 @@ references and the base's, overlap scores, and lm-evaluation-harness tasks where
   `RUN/eval/summary.json` is the latest finished evaluation, which `ftui runs` shows.
 
 Modules: `request` (what to evaluate, checked), `prompts`, `measure` (loss, answers, models),
-`scoring`, `harness` (lm-eval), `runner` (orchestration, detached start, status). Headless and
+`scoring`, `harness` (lm-eval), `runner` (orchestration, detached start, status), `control`
+(`ftui stop RUN --eval`: stop a detached evaluation, keeping what it measured). Headless and
 cheap to import: torch, transformers, peft and the scoring libraries load inside functions.
 """
 
