@@ -42,6 +42,13 @@ from engine.plan.dryrun.model import (
     retie,
     shared_parameters,
 )
+from engine.plan.dryrun.stages import (
+    build_reference,
+    is_preference,
+    materialise_reference,
+    preference_steps,
+    stage_phases,
+)
 from engine.plan.dryrun.tracker import MemoryLedger, track_memory
 from engine.plan.estimator import GIB
 from engine.training_config import TrainingConfig
@@ -70,7 +77,8 @@ _NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)"
 @dataclass(frozen=True)
 class DryRunResult:
     peak_allocated_bytes: int  # max live tensor-storage bytes (torch.cuda.max_memory_allocated)
-    peak_phase: str  # "forward", "backward" or "optimizer" ("recompute" counts as backward)
+    peak_phase: str  # "forward", "backward" or "optimizer" ("recompute" counts as backward);
+    # DPO/KTO: also "reference_forward" (engine/plan/dryrun/stages.py)
     phase_peaks: dict[str, int]  # max live bytes seen in each phase
     persistent_bytes: int  # live after the last step's zero_grad: weights + optimizer states
     total_params: int  # as the real model counts them (ties once, 4-bit weights unpacked)
@@ -154,6 +162,7 @@ def _dry_run(arch: ModelArch, config: TrainingConfig, steps: int) -> DryRunResul
         # gradient-checkpointing API, PEFT's MoE target patterns): not the user's business.
         warnings.simplefilter("ignore")
         setup = build_model(arch, config, notes)
+        reference = build_reference(arch, config, notes)  # DPO/KTO's frozen copy, or None
     model = setup.model
     total_params, trainable_params = count_params(model)
     if not trainable_params:
@@ -167,6 +176,7 @@ def _dry_run(arch: ModelArch, config: TrainingConfig, steps: int) -> DryRunResul
     with track_memory() as ledger:
         model.to_empty(device="cpu")  # new Parameters: collect them only after this
         retie(ties)
+        materialise_reference(reference)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         optimizer = _make_optimizer(trainable, model, config, notes)
         autocast: Any = (
@@ -174,8 +184,15 @@ def _dry_run(arch: ModelArch, config: TrainingConfig, steps: int) -> DryRunResul
             if setup.autocast_dtype is not None
             else contextlib.nullcontext()
         )
+        params = [p for _, p in trainable]
         try:
-            _train(model, optimizer, [p for _, p in trainable], config, steps, autocast, ledger)
+            if is_preference(config):  # TRL's step: engine/plan/dryrun/stages.py
+                preference_steps(
+                    model, reference, optimizer, params, config, steps,
+                    setup.autocast_dtype, ledger, notes,
+                )  # fmt: skip
+            else:
+                _train(model, optimizer, params, config, steps, autocast, ledger)
         except Exception as exc:
             raise DryRunError(
                 f"the dry run of {arch.name} ({arch.model_type}) failed in the {ledger.phase} "
@@ -193,8 +210,9 @@ def _dry_run(arch: ModelArch, config: TrainingConfig, steps: int) -> DryRunResul
             "counted in the peak here, but torch.cuda.max_memory_allocated does not see them "
             "and they page out to CPU RAM under memory pressure"
         )
-    phase_peaks = {phase: ledger.phase_peaks.get(phase, 0) for phase in PHASES}
-    peak_phase = max(PHASES, key=lambda phase: phase_peaks[phase])
+    phases = stage_phases(config)  # DPO/KTO add "reference_forward"
+    phase_peaks = {phase: ledger.phase_peaks.get(phase, 0) for phase in phases}
+    peak_phase = max(phases, key=lambda phase: phase_peaks[phase])
     return DryRunResult(
         peak_allocated_bytes=phase_peaks[peak_phase],
         peak_phase=peak_phase,
