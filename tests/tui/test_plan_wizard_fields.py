@@ -152,3 +152,32 @@ async def test_a_reference_pass_peak_is_named_in_the_wizard_and_the_cli(
     main([*argv.split(), "--seq-len", "1024", "--simulate", "h100"])
     out = " ".join(capsys.readouterr().out.split())  # the console may wrap the line
     assert "peak at the reference model's forward (no grad)" in out
+
+
+async def test_tracker_and_preference_options_reach_the_spec_and_the_command() -> None:
+    app = wizard_app(model="llama-3.1-8b")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_wizard(pilot)
+        assert not screen.query_one("#option-beta").display  # sft: no beta to set
+        screen.query_one("#option-report-to", Select).value = "tensorboard"
+        await wait_until(pilot, lambda: "--report-to tensorboard" in text_of(screen, "#spec-cli"))
+        assert "report_to: tensorboard" in text_of(screen, "#spec-yaml")
+
+        screen.query_one("#knob-stage", Select).value = "dpo"
+        await wait_until(pilot, lambda: screen.current.config.stage == "dpo")
+        assert screen.query_one("#option-beta").display
+        await type_into(pilot, "#option-beta", "0.2")
+        await type_into(pilot, "#option-loss-type", "ipo")
+        await type_into(pilot, "#option-from-run", "sft-run")
+        spec = screen.build_spec()
+        assert spec is not None and spec.hyper.report_to == "tensorboard"
+        assert (spec.preference.beta, spec.preference.loss_type) == (0.2, "ipo")
+        assert spec.from_run == "sft-run"
+        command = text_of(screen, "#spec-cli")
+        assert "--beta 0.2 --loss-type ipo --from-run sft-run" in command
+
+        # a loss of another stage is refused as the CLI refuses it, and blocks the launch
+        await type_into(pilot, "#option-loss-type", "orpo")
+        assert "'orpo' is not a loss of dpo" in text_of(screen, "#option-error")
+        assert any("run options" in p for p in screen.launch_problems())
+        assert "--loss-type" not in text_of(screen, "#spec-cli")

@@ -42,6 +42,7 @@ class LaunchActions(Screen[None]):
     setup_error: FtuiError | None
     knob_error: ConfigError | None
     budget_error: FtuiError | None
+    options_error: FtuiError | None
     report: DataReport | None
     report_path: str | None
     launching: bool
@@ -70,6 +71,8 @@ class LaunchActions(Screen[None]):
             problems.append(f"fix the setup: {self.knob_error.message}")
         if self.budget_error is not None:
             problems.append(f"fix the budget: {self.budget_error.message}")
+        if self.options_error is not None:
+            problems.append(f"fix the run options: {self.options_error.message}")
         panel = self.query_one(DatasetPanel)
         if panel.checking:
             problems.append("the dataset is still being checked")

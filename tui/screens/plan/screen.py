@@ -68,6 +68,7 @@ from tui.screens.plan.model_picker import (
     choice_from_arch,
     resolve_choice,
 )
+from tui.screens.plan.options import OptionsPanel, RunOptions
 from tui.screens.plan.spec import SpecPane, build_spec, local_weights, plan_summary
 from tui.screens.plan.summary import DryRunView, PlanSummary, RunnersUpTable, SummaryView
 
@@ -115,6 +116,8 @@ class PlanWizardScreen(LaunchActions, DryRunActions):
         self.knob_error: ConfigError | None = None
         self.budget = Budget()  # the caps typed under 5 · Launch
         self.budget_error: FtuiError | None = None
+        self.options = RunOptions()  # tracker, beta, loss type, from-run under 5 · Launch
+        self.options_error: FtuiError | None = None
         self.report: DataReport | None = None
         self.report_path: str | None = None
         self.dry = DryRunView()
@@ -143,6 +146,7 @@ class PlanWizardScreen(LaunchActions, DryRunActions):
                     yield KnobsPanel(id="knobs")
                 with Vertical(id="sec-launch", classes="wizard-section") as section:
                     section.border_title = "5 · Launch"
+                    yield OptionsPanel(id="options")
                     yield BudgetPanel(id="budget")
             with TabbedContent(id="wizard-right"):
                 with TabPane("Plan", id="tab-plan"), VerticalScroll(id="plan-scroll"):
@@ -441,7 +445,22 @@ class PlanWizardScreen(LaunchActions, DryRunActions):
 
     # -- knobs -----------------------------------------------------------------------------------
     def on_knobs_panel_method_chosen(self, message: KnobsPanel.MethodChosen) -> None:
+        self.query_one(OptionsPanel).show_stage(self.query_one(KnobsPanel).stage)
+        self._read_options()  # a loss type belongs to its stage
         self.replan()
+
+    def on_options_panel_changed(self, message: OptionsPanel.Changed) -> None:
+        self._read_options()
+        self._refresh_spec()
+        self._refresh_readiness()
+
+    def _read_options(self) -> None:
+        panel = self.query_one(OptionsPanel)
+        try:
+            self.options, self.options_error = panel.read(self.query_one(KnobsPanel).stage), None
+        except FtuiError as error:
+            self.options, self.options_error = RunOptions(), error
+        panel.show_error(self.options_error)
 
     def on_knobs_panel_edited(self, message: KnobsPanel.Edited) -> None:
         knobs = self.query_one(KnobsPanel)
@@ -552,6 +571,7 @@ class PlanWizardScreen(LaunchActions, DryRunActions):
             epochs=self.epochs,
             summary=self._plan_summary(),
             budget=self.budget,
+            options=self.options,
         )
 
     def _refresh_spec(self) -> None:

@@ -17,10 +17,11 @@ from textual.widgets import Label, Static
 from engine.errors import FtuiError
 from engine.models import ModelArch
 from engine.plan.planner import Candidate, Machine
-from engine.run.spec import Budget, Hyper, RunSpec
+from engine.run.spec import Budget, Hyper, Preference, RunSpec
 from engine.training_config import TrainingConfig
 from tui.cli.runs import default_lr
 from tui.screens.plan.model_picker import has_weights
+from tui.screens.plan.options import RunOptions
 
 RUN_DIR_PLACEHOLDER = Path("<run-dir>")
 
@@ -68,17 +69,22 @@ def build_spec(
     epochs: float,
     summary: dict[str, Any],
     budget: Budget | None = None,
+    options: RunOptions | None = None,
 ) -> RunSpec:
-    """A spec with `ftui launch`'s defaults (its learning rate for the stage and method)."""
+    """A spec with `ftui launch`'s defaults (its learning rate for the stage and method), and
+    the run options (tracker, beta, loss type, the run to start from) as typed."""
     data_path = str(Path(data).expanduser().absolute()) if data else ""
     lr = default_lr(config.stage, config.method, "pretrained")
+    o = options or RunOptions()
     return RunSpec(
         model=model,
         model_path=model_path,
         data=data_path,
         device=device,
+        from_run=o.from_run,
         training=config,
-        hyper=Hyper(epochs=epochs, learning_rate=lr),
+        preference=Preference(beta=o.beta, loss_type=o.loss_type),
+        hyper=Hyper(epochs=epochs, learning_rate=lr, report_to=o.report_to),
         plan=summary or None,
         budget=budget or Budget(),
     )
@@ -104,6 +110,8 @@ def cli_command(spec: RunSpec, model: str) -> str:
         argv += ["--sharding", t.sharding]
     if t.offload != "none":
         argv += ["--offload", t.offload]
+    p = spec.preference
+    argv += RunOptions(spec.hyper.report_to, p.beta, p.loss_type, spec.from_run).flags(t.stage)
     for flag, cap in (("--max-cost", spec.budget.max_cost), ("--max-hours", spec.budget.max_hours)):
         if cap is not None:
             argv += [flag, f"{cap:g}"]
