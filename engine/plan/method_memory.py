@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from engine.models import ModelArch
 from engine.plan.counts import ParamCounts, count_params
+from engine.plan.hostmem import host_memory
 from engine.training_config import TrainingConfig
 
 if TYPE_CHECKING:
@@ -203,12 +204,16 @@ def describe(shape: MethodShape, config: TrainingConfig) -> list[str]:
             f"prefix: every layer's attention sees {shape.extra_keys} trained keys and values"
         )
     if config.method == "freeze":
-        notes.append(
-            f"freeze: the last {shape.backward_layers} layers train (fp32 master weights); "
-            "backward stops at the lowest of them"
+        stop = (
+            "every layer keeps its checkpoint (inputs require gradients)"
+            if config.grad_ckpt
+            else "backward stops at the lowest of them"
         )
+        notes.append(f"freeze: the last {shape.backward_layers} layers train; {stop}")
+    if config.method in ("bias", "freeze") and not config.pure_bf16 and config.dtype != "fp32":
+        notes.append(f"{config.method}: fp32 master weights (--pure-bf16 keeps them in bf16)")
     if config.method == "bias":
-        notes.append("bias: fp32 master weights; gradients flow through every layer")
+        notes.append("bias: gradients flow through every layer")
     return notes
 
 
@@ -327,6 +332,11 @@ def family_memory(
         calibration.comm_bytes if config.num_gpus > 1 else 0
     )
     breakdown["overhead"] = reserved - allocated + overhead
+    host = host_memory(
+        num_gpus=config.num_gpus, sharding="none", offload="none", optimizer_states=optim,
+        master_weights=0.0, gradients_fp32=grads, weights=frozen + trainable_weights,
+        gradients=grads,
+    )  # fmt: skip
     return est.MemoryEstimate(
         allocated_bytes=int(allocated),
         reserved_bytes=int(reserved),
@@ -337,4 +347,5 @@ def family_memory(
         host_bytes=0,
         params=params,
         notes=tuple(notes),
+        host=host,
     )

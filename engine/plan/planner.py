@@ -320,6 +320,12 @@ def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
 
     def fits(c: TrainingConfig, machine: Machine | None = None) -> bool:
         m = machine or request.machine
+        if c.method == "prefix" and c.grad_ckpt:  # prefix tuning cannot checkpoint
+            c = c.with_changes(grad_ckpt=False)
+        try:
+            c.validate()  # a suggestion the method cannot take (sharding the PEFT family)
+        except ConfigError:
+            return False
         memory = estimate_memory(request.arch, c)
         return memory.device_bytes <= request.headroom * m.memory_bytes and host_ram_fits(
             memory.host, m.node_ram_bytes(c.num_gpus)
@@ -361,6 +367,10 @@ def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
         if fits(c, more):
             out.append(f"shard over {count} GPUs: --num-gpus {count} --sharding zero3")
             break
+    masters = config.method in ("bias", "freeze") and not config.pure_bf16
+    lean_bf16 = config.with_changes(pure_bf16=True, batch=1, grad_ckpt=True)
+    if masters and config.dtype == "bf16" and fits(lean_bf16):
+        out.append("bf16 weights without fp32 masters: --pure-bf16 --batch 1")
     if config.method == "full":
         lean = config.with_changes(
             pure_bf16=config.dtype == "bf16", optim="adamw_8bit", batch=1, grad_ckpt=True

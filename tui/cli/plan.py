@@ -115,6 +115,8 @@ def pinned_knobs(args: argparse.Namespace) -> dict[str, Any]:
         pinned["alpha"] = 2 * pinned["rank"]
     # Validate what was pinned on its own first: the error names the flag, not a combination.
     probe = {k: v for k, v in pinned.items() if k in TrainingConfig.field_names()}
+    if probe.get("method") == "prefix":
+        probe.setdefault("grad_ckpt", False)  # the planner tries only what prefix can take
     TrainingConfig(**{**probe, "method": probe.get("method", "lora")}).validate()
     return pinned
 
