@@ -151,3 +151,24 @@ def test_plan_counts_the_tokens_of_both_answers(tmp_path: Path) -> None:
     longer = [max(a, b) for a, b in zip(*(estimate_lengths(p)[1] for p in as_sft), strict=True)]
     assert lengths == pytest.approx(longer, abs=2)
     assert stats.total_tokens > sum(lengths)  # not just prompt + the longer answer
+
+
+def test_plan_checks_the_tracker_as_launch_does(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SWANLAB_"))}
+    env.update(HOME=str(tmp_path), FTUI_HOME=str(tmp_path / "ftui"))  # no wandb login here
+    base = [sys.executable, "-m", "tui", "plan", "--model", "qwen2.5-0.5b", "--simulate",
+            "4090", "--stage", "dpo"]  # fmt: skip
+
+    def plan(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *extra], capture_output=True, text=True, env=env, check=True)
+
+    ready = json.loads(plan("--report-to", "tensorboard", "--json").stdout)["report_to"]
+    assert ready == {"tracker": "tensorboard", "ready": True, "problem": None, "fix": None}
+    # not logged in (or not installed): one message and its fix, before anything launches
+    text = plan("--report-to", "wandb").stdout
+    assert "tracker: --report-to wandb: " in text and "fix: " in text
+    assert "tracker" not in plan().stdout

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
+from engine.run.spec import REPORT_TO
 from engine.training_config import (
     ATTENTIONS,
     DTYPES,
@@ -89,6 +90,8 @@ def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--effective-batch", type=int, help="sequences per optimizer step (default 16)")
     p.add_argument("--train-tokens", type=int, help="tokens per epoch without --dataset (10M)")
     p.add_argument("--dry-run", action="store_true", help="also run the fake-tensor dry run")
+    p.add_argument("--report-to", choices=REPORT_TO, default="none",
+                   help="the run's tracker: checked now as launch checks it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_plan)
     return p
@@ -211,8 +214,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from engine.plan.report import plan_to_dict
     from tui.cli.render_plan import print_plan
 
+    tracker = tracker_check(args.report_to)
     if args.json:
-        emit_json(plan_to_dict(result, stats, dry))
+        emit_json({**plan_to_dict(result, stats, dry), "report_to": tracker})
     else:
         print_plan(result, stats, dry)
+        print_tracker(tracker)
     return 0 if (result.best is not None and result.best.fits) else 1
+
+
+def tracker_check(report_to: str) -> dict[str, Any]:
+    """`--report-to` as `ftui launch` checks it before a run: its package is installed and, for
+    the hosted trackers, logged in or offline. Ready, or the one message and its fix."""
+    from engine.run.preflight import check_tracker
+
+    out: dict[str, Any] = {"tracker": report_to, "ready": True, "problem": None, "fix": None}
+    try:
+        check_tracker(report_to)
+    except FtuiError as error:
+        out.update(ready=False, problem=error.message, fix=error.fix)
+    return out
+
+
+def print_tracker(tracker: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    if tracker["tracker"] == "none":
+        return
+    console = Console()
+    if tracker["ready"]:
+        console.print(
+            f"tracker: {tracker['tracker']} ready (launch with --report-to {tracker['tracker']})"
+        )
+    else:
+        console.print(f"[yellow]tracker: {tracker['problem']}[/]\n  fix: {tracker['fix']}")
