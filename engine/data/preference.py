@@ -119,6 +119,11 @@ def summarize(
     if max_prompt_len is not None:
         out["max_prompt_len"] = max_prompt_len
         out["long_prompts"] = sum(1 for c in counts if c["prompt"] > max_prompt_len)
+    # every sequence the trainer puts through the model: the prompt with each answer
+    out["tokens"] = sum(
+        c["prompt"] + c[side] for c in counts for side in ("chosen", "rejected", "completion")
+        if side in c
+    )  # fmt: skip
     if seq_len is not None and counts:
         out["seq_len"] = seq_len
         limit = max_prompt_len if max_prompt_len is not None else seq_len

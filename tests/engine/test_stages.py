@@ -151,6 +151,10 @@ def test_plan_counts_the_tokens_of_both_answers(tmp_path: Path) -> None:
     longer = [max(a, b) for a, b in zip(*(estimate_lengths(p)[1] for p in as_sft), strict=True)]
     assert lengths == pytest.approx(longer, abs=2)
     assert stats.total_tokens > sum(lengths)  # not just prompt + the longer answer
+    # the wizard takes its count from the data check: the same both-sides total
+    summary = check_dataset(pairs).preference
+    assert summary is not None
+    assert summary["tokens"] == pytest.approx(stats.total_tokens, rel=0.02)
 
 
 def test_plan_checks_the_tracker_as_launch_does(tmp_path: Path) -> None:

@@ -302,6 +302,9 @@ class PlanWizardScreen(LaunchActions, DryRunActions):
 
     # -- planning --------------------------------------------------------------------------------
     def _train_tokens(self) -> int:
+        preference = self.report.preference if self.report is not None else None
+        if preference and preference.get("tokens"):  # both sides of each pair, as `ftui plan`
+            return int(preference["tokens"])
         if self.report is not None and self.report.lengths is not None:
             return max(1, self.report.lengths.total)
         return DEFAULT_TRAIN_TOKENS
