@@ -31,8 +31,10 @@ PREFERENCE_STAGES = ("dpo", "orpo", "kto", "simpo")
 PAIRED_STAGES = ("dpo", "orpo", "simpo")  # chosen and rejected in one batch: 2 sequences each
 REFERENCE_STAGES = ("dpo", "kto")
 # The reference model of DPO/KTO: "auto" is the adapter-disabled base with LoRA/QLoRA (no second
-# copy of the weights) and a frozen copy for a full fine-tune; "precompute" computes the
-# reference log-probs over the data once before training and keeps no reference in memory.
+# copy of the weights) and a frozen copy for a full fine-tune; "copy" asks for the copy, which
+# TRL makes for a full fine-tune only (with adapters it always disables them instead);
+# "precompute" computes the reference log-probs over the data once before training and keeps
+# no reference in memory.
 REFERENCES = ("auto", "copy", "precompute")
 DTYPES = ("bf16", "fp16", "fp32")
 OPTIMIZERS = (
@@ -116,7 +118,7 @@ class TrainingConfig:
             return "none"
         if self.reference == "precompute":
             return "precompute"
-        if self.reference == "auto" and self.is_peft:
+        if self.is_peft:  # TRL disables the adapters, whatever was asked (no copy)
             return "adapter"
         return "copy"
 

@@ -109,6 +109,9 @@ def test_the_planner_counts_pairs_and_the_reference() -> None:
     assert dpo.breakdown["logits_and_loss"] == 0 and dpo.allocated_bytes < orpo.allocated_bytes
     assert "reference_forward" in dpo.phase_bytes and "reference_forward" not in orpo.phase_bytes
     assert any("adapters disabled" in n for n in dpo.notes)
+    # with adapters TRL always disables them for the reference: asking for a copy makes none
+    asked = estimate_memory(arch, lora.with_changes(stage="dpo", reference="copy"))
+    assert asked.allocated_bytes == dpo.allocated_bytes and not asked.breakdown["reference_weights"]
     full = TrainingConfig(method="full", batch=1, seq_len=1024, grad_ckpt=True)
     copy = estimate_memory(arch, full.with_changes(stage="dpo"))
     pre = estimate_memory(arch, full.with_changes(stage="dpo", reference="precompute"))
