@@ -1,7 +1,8 @@
 """The PEFT family through `ftui launch`, on CPU with the demo's tiny model and real PEFT:
 prefix, prompt and P-tuning, IA3, llama-adapter, freeze, BitFit (on a tiny model with
-biases), LoRA with rsLoRA + PiSSA + LoRA+, and LoRA on an LLM.int8 base (bitsandbytes runs
-it on the CPU). The runs start together (one module fixture) and the tests read them."""
+biases), LoRA with rsLoRA + PiSSA + LoRA+, OLoRA and gaussian inits, and LoRA on an LLM.int8
+base (bitsandbytes runs it on the CPU). The runs start together (one module fixture) and the
+tests read them."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ METHODS: dict[str, tuple[bool, tuple[str, ...]]] = {
     "lora-variants": (False, ("--method", "lora", "--rslora", "--init", "pissa",
                               "--lora-plus-ratio", "16")),
     "int8": (False, ("--method", "lora", "--base-bits", "8", "--lr", "1e-3")),
+    "olora": (False, ("--method", "lora", "--init", "olora")),
+    "gaussian": (False, ("--method", "lora", "--init", "gaussian")),
 }  # fmt: skip
 MERGE_REFUSED = ("prefix", "prompt", "ptuning", "llama-adapter")
 
@@ -102,6 +105,22 @@ def test_merge_where_the_math_allows(
     assert json.loads(out.stdout)["kind"] == kind
     assert (tmp_path / "o" / "config.json").is_file()
     assert not (tmp_path / "o" / "adapter_config.json").exists()
+
+
+def test_olora_and_gaussian_start_their_own_way(family: dict[str, Any]) -> None:
+    """OLoRA (QR of the weights, subtracted from the base) is saved as the difference from its
+    start, a plain LoRA of twice the rank on the unchanged base; gaussian init is recorded as
+    such. Both trained and answered above (test_each_method_trains_and_answers)."""
+    runs = family["runs"]
+    olora = runs["olora"]
+    final = json.loads((olora.final / "adapter_config.json").read_text())
+    start = json.loads((olora.path / "initial-adapter" / "adapter_config.json").read_text())
+    assert final["r"] == 2 * start["r"] and final["init_lora_weights"] in (True, "true")
+    gaussian = json.loads((runs["gaussian"].final / "adapter_config.json").read_text())
+    assert gaussian["init_lora_weights"] == "gaussian"
+    assert not (runs["gaussian"].path / "initial-adapter").exists()  # nothing to convert
+    both = chat(family, "--adapters", f"{olora.run_id},{runs['gaussian'].run_id}")
+    assert both["base_loads"] == 1  # both load on the one unchanged base
 
 
 def test_bias_refused_on_a_model_without_biases(family: dict[str, Any]) -> None:

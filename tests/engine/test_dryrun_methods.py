@@ -36,7 +36,7 @@ def test_each_method_estimate_agrees_with_its_dry_run(model: str, config: Traini
 
     arch = resolve_model(model)
     analytic = estimate_memory(arch, config)
-    dry = dry_run(arch, config, steps=1)
+    dry = dry_run(arch, config)  # two steps: the second holds the optimizer states
     assert dry.trainable_params == analytic.params.trainable
     assert dry.total_params == pytest.approx(analytic.params.total, rel=0.01)
     difference = (analytic.allocated_bytes - dry.peak_allocated_bytes) / dry.peak_allocated_bytes
@@ -62,3 +62,11 @@ def test_methods_differ_where_they_should() -> None:
     top = est(method="freeze", trainable_layers=2)
     every = est(method="freeze", trainable_layers=arch.num_layers)
     assert top.breakdown["activations"] < 0.2 * every.breakdown["activations"]
+
+
+def test_dry_run_declines_bias_on_a_model_without_biases() -> None:
+    from engine.plan.dryrun.entry import DryRunDeclined, dry_run_or_decline
+
+    result = dry_run_or_decline(resolve_model("llama-3.2-1b"), TrainingConfig(method="bias"))
+    assert isinstance(result, DryRunDeclined)
+    assert "has none" in result.reason and "(BitFit)" in result.reason

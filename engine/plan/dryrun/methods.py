@@ -23,9 +23,13 @@ def apply_method(model: Any, config: TrainingConfig, notes: list[str], error: An
     from peft import get_peft_model
 
     if config.method in ("bias", "freeze"):
-        train_only(model, trainable_selector(config, model.config.num_hidden_layers))
+        try:
+            trains = trainable_selector(config, model.config.num_hidden_layers)
+        except FtuiError as exc:  # more --trainable-layers than the model has
+            raise error(exc.message, exc.fix) from exc
+        train_only(model, trains)
         if config.method == "bias" and trainable_count(model) == 0:
-            raise FtuiError(*bias_refusal(model.config.model_type))
+            raise error(*bias_refusal(model.config.model_type))
         return model
     if not config.saves_adapter:
         return model  # full fine-tune
