@@ -21,6 +21,7 @@ from engine.chat.targets import run_checkpoints
 from engine.serve.protocol import ApiError, StopScanner
 
 BATCH_S = 0.05  # the event loop is woken at most 20 times a second per answer (first piece at once)
+END_POLL_S = (0.0005, 0.001, 0.002, 0.005)  # waits for a generating thread that just ended
 DEFAULT_MAX_TOKENS = 256  # without max_tokens and a known context: what `ftui chat` uses
 
 
@@ -55,6 +56,9 @@ class ServedModels:
             code="model_not_found",
         )
 
+    def loaded(self, variant: str) -> bool:
+        return variant in self.chat.variants()
+
     def load(self, variant: str) -> None:
         """Put a checkpoint on the base if it is not yet (blocks: call it in a thread)."""
         if variant in self.chat.variants():
@@ -70,8 +74,8 @@ class ServedModels:
         return self.chat.tokenizer(prompt, return_tensors="pt")
 
     def inputs(self, variant: str, source: Any, chat: bool) -> Any:
-        """Load `variant` if it is not yet, then encode the prompt (in a worker thread: one
-        hand-off per request, not one per step)."""
+        """Load `variant` if it is not yet, then encode the prompt (in a worker thread when
+        it loads or the prompt is long: one hand-off per request, not one per step)."""
         self.load(variant)
         return self.chat_inputs(source) if chat else self.text_inputs(source)
 
@@ -189,7 +193,15 @@ class Answer:
         async for _ in self.pieces():
             pass
         generation = self.generation
-        if generation is not None and generation.stats is None:
+        if generation is None:
+            return
+        # The thread told its end from its last lines: it is gone within a moment. Short sleeps
+        # let it finish (they release the interpreter lock) without a worker-thread hand-off.
+        for delay in END_POLL_S:
+            if generation.stats is not None:
+                return
+            await asyncio.sleep(delay)
+        if generation.stats is None:
             await asyncio.to_thread(_join, generation)
 
     async def text(self) -> str:
