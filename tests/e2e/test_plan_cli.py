@@ -173,3 +173,23 @@ def test_dry_run_is_reported_beside_the_analytic_number(cli_env: dict[str, str])
         cli_env,
     )  # fmt: skip
     assert "dry run:" in out.stdout and "analytic" in out.stdout
+
+
+def test_the_peft_family_is_planned_with_its_own_memory(cli_env: dict[str, str]) -> None:
+    """`--method ia3|prefix|bias|freeze`: the method itself is planned, with its own trainable
+    parameters and memory: tiny adapters on a 16-bit base, prefix without checkpointing (it
+    cannot), bias and freeze on fp32 master weights, freeze training its top 2 of 28 layers."""
+    plans = {
+        method: plan_json(["--model", "qwen2.5-7b", "--method", method, "--simulate", "h200"],
+                          cli_env)
+        for method in ("ia3", "prefix", "bias", "freeze")
+    }  # fmt: skip
+    total = plans["ia3"]["model"]["params"]
+    for method, out in plans.items():
+        assert out["fits"] and out["config"]["method"] == method
+    assert all(plans[m]["model"]["trainable_params"] < total / 1000 for m in ("ia3", "prefix"))
+    assert 0.05 < plans["freeze"]["model"]["trainable_params"] / total < 0.1
+    assert plans["prefix"]["config"]["grad_ckpt"] is False
+    weights = {m: out["memory"]["breakdown_gib"]["weights"] for m, out in plans.items()}
+    assert weights["bias"] == pytest.approx(2 * weights["ia3"], rel=0.02)  # fp32 vs bf16
+    assert any("virtual" in n or "keys and values" in n for n in plans["prefix"]["memory"]["notes"])
