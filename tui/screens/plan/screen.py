@@ -146,8 +146,8 @@ class PlanWizardScreen(LaunchActions, DryRunActions):
                     yield KnobsPanel(id="knobs")
                 with Vertical(id="sec-launch", classes="wizard-section") as section:
                     section.border_title = "5 · Launch"
-                    yield OptionsPanel(id="options")
                     yield BudgetPanel(id="budget")
+                    yield OptionsPanel(id="options")
             with TabbedContent(id="wizard-right"):
                 with TabPane("Plan", id="tab-plan"), VerticalScroll(id="plan-scroll"):
                     yield PlanSummary("", id="summary")
