@@ -92,6 +92,12 @@ def setup_line(c: Candidate) -> str:
     parts = [cfg.method]
     if cfg.is_peft:
         parts.append(f"r{cfg.rank} {'+'.join(cfg.targets)}" + (" DoRA" if cfg.dora else ""))
+        if cfg.base_bits == 8:
+            parts.append("8-bit base")
+    elif cfg.is_prompt_learning:
+        parts.append(f"{cfg.virtual_tokens} virtual tokens")
+    elif cfg.method == "freeze":
+        parts.append(f"top {cfg.trainable_layers} layers")
     parts.append(f"batch {cfg.batch}x{cfg.grad_accum}")
     parts.append(f"seq {cfg.seq_len}")
     parts.append("ckpt" if cfg.grad_ckpt else "no ckpt")
