@@ -6,7 +6,8 @@ while the policy's activations are held (adapters disabled with LoRA/QLoRA; a fr
 weights for a full fine-tune). Three setups where a different phase decides: LoRA without
 checkpointing (the reference forward on top of the policy's activations), QLoRA with
 checkpointing (the recompute), and a mixed-precision full fine-tune whose reference copy is
-fp32 like its master weights (the optimizer step). Numbers in docs/runtime.md.
+fp32 like its master weights (the optimizer step); and ORPO once (full logits, no reference).
+Numbers in docs/runtime.md.
 """
 
 from __future__ import annotations
@@ -47,3 +48,18 @@ def test_dpo_estimate_and_dry_run_agree(model: str, config: TrainingConfig) -> N
     if config.method == "full":  # the frozen copy is counted by both, in fp32 like the policy
         assert analytic.breakdown["reference_weights"] == 4 * analytic.params.total
         assert dry.persistent_bytes >= 4 * 2 * analytic.params.total  # policy + its copy
+
+
+@pytest.mark.slow
+def test_orpo_estimate_and_dry_run_agree() -> None:
+    """ORPO has no reference and no fused head: the full logits in fp32 and its NLL term."""
+    from engine.plan.dryrun.entry import dry_run
+
+    arch = resolve_model("llama-3.2-1b")
+    config = TrainingConfig(stage="orpo", method="lora", seq_len=512, batch=2, grad_ckpt=False)
+    analytic = estimate_memory(arch, config)
+    dry = dry_run(arch, config)
+    assert "reference_forward" not in dry.phase_peaks
+    assert "reference_forward" not in analytic.phase_bytes
+    difference = (analytic.allocated_bytes - dry.peak_allocated_bytes) / dry.peak_allocated_bytes
+    assert abs(difference) <= 0.10, f"analytic {difference:+.1%} vs dry run"
