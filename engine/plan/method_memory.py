@@ -54,7 +54,8 @@ INT8_OUTLIER_FRACTION = 0.01
 # (engine/plan/peft_setup.py imports these).
 PTUNING_ENCODER_HIDDEN = 128
 LLAMA_ADAPTER_LAYERS = 8
-# PEFT's IA3 defaults per model type (peft/utils/constants.py): (targets, feed-forward).
+# PEFT's IA3 defaults per causal-LM model type (peft/utils/constants.py): (targets,
+# feed-forward), by the HF names of _widths. Other model types have none: ftui refuses IA3.
 IA3_MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llama": (("k_proj", "v_proj", "down_proj"), ("down_proj",)),
     "mistral": (("k_proj", "v_proj", "down_proj"), ("down_proj",)),
@@ -66,8 +67,22 @@ IA3_MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qwen3": (("q_proj", "v_proj", "down_proj"), ("down_proj",)),
     "phi": (("q_proj", "v_proj", "down_proj"), ("down_proj",)),  # fc2 = the down projection
     "opt": (("q_proj", "k_proj", "down_proj"), ("down_proj",)),
+    # transformers 5 fuses Mixtral's experts into 3-D tensors: PEFT's w2 matches none
+    "mixtral": (("k_proj", "v_proj"), ()),
+    "gptj": (("q_proj", "v_proj", "down_proj"), ("down_proj",)),  # fc_out
+    "gpt_neo": (("q_proj", "v_proj", "down_proj"), ("down_proj",)),  # mlp.c_proj
+    # fused q/k/v: c_attn, query_key_value; the MLP's output projection
+    "gpt2": (("qkv", "down_proj"), ("down_proj",)),
+    "gpt_bigcode": (("qkv", "down_proj"), ("down_proj",)),
+    "gpt_neox": (("qkv", "down_proj"), ("down_proj",)),
+    "bloom": (("qkv", "down_proj"), ("down_proj",)),
+    "falcon": (("qkv", "down_proj"), ("down_proj",)),
+    "RefinedWeb": (("qkv", "down_proj"), ("down_proj",)),
+    "RefinedWebModel": (("qkv", "down_proj"), ("down_proj",)),
 }
 IA3_FALLBACK = IA3_MODULES["llama"]
+# Model types whose every linear carries a bias (BitFit trains them all).
+LINEAR_BIAS_TYPES = ("gpt2", "gpt_neox", "gpt_bigcode", "opt", "bloom", "phi", "starcoder2")
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,7 @@ def _widths(arch: ModelArch) -> dict[str, tuple[int, int]]:
     return {
         "q_proj": (h, qd), "k_proj": (h, kvd), "v_proj": (h, kvd), "o_proj": (qd, h),
         "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h),
+        "qkv": (h, qd + 2 * kvd),  # fused (GPT-2's c_attn, GPT-NeoX's query_key_value)
     }  # fmt: skip
 
 
@@ -103,11 +119,13 @@ def bias_params_per_layer(arch: ModelArch) -> int:
     cfg = arch.text_config
     widths = _widths(arch)
     names: list[str] = []
-    if cfg.get("attention_bias") is True:
+    if arch.model_type in LINEAR_BIAS_TYPES:  # every linear has a bias
+        names += ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    elif cfg.get("attention_bias") is True:
         names += ["q_proj", "k_proj", "v_proj", "o_proj"]
     elif arch.model_type in ("qwen2", "qwen2_moe", "qwen2_vl"):
         names += ["q_proj", "k_proj", "v_proj"]
-    if cfg.get("mlp_bias") is True:
+    if cfg.get("mlp_bias") is True and arch.model_type not in LINEAR_BIAS_TYPES:
         names += (
             ["gate_proj", "up_proj", "down_proj"] if arch.gated_mlp else ["up_proj", "down_proj"]
         )

@@ -67,6 +67,14 @@ def check_architecture(method: str, config: dict[str, Any]) -> None:
     model_type = str(cfg.get("model_type") or config.get("model_type") or "unknown")
     if method == "bias" and not has_biases(model_type, cfg):
         raise FtuiError(*bias_refusal(model_type))
+    if method == "ia3":
+        from engine.plan.method_memory import IA3_MODULES
+
+        if model_type not in IA3_MODULES:
+            raise FtuiError(
+                f"--method ia3: PEFT has no default IA3 modules for {model_type} models",
+                "use --method lora (or ia3 on Llama, Mistral, Qwen2/3, Gemma, Phi-2, GPT-2)",
+            )
     if method == "llama-adapter" and model_type not in LLAMA_ADAPTER_TYPES:
         raise FtuiError(
             f"--method llama-adapter: PEFT's adaption prompt supports "

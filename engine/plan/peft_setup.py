@@ -76,6 +76,7 @@ def peft_config(t: TrainingConfig, model: Any, *, init: Any = None) -> Any:
             num_virtual_tokens=n, encoder_hidden_size=PTUNING_ENCODER_HIDDEN, task_type="CAUSAL_LM"
         )
     if t.method == "ia3":
+        check_architecture("ia3", {"model_type": model_type})
         return peft.IA3Config(task_type="CAUSAL_LM")
     if t.method == "llama-adapter":
         check_architecture("llama-adapter", {"model_type": model_type})

@@ -43,7 +43,7 @@ def test_family_configs_accepted(changes: dict[str, object]) -> None:
     TrainingConfig(**changes).validate()  # type: ignore[arg-type]
 
 
-def test_bias_and_llama_adapter_need_their_architectures() -> None:
+def test_bias_ia3_and_llama_adapter_need_their_architectures() -> None:
     check_architecture("bias", {"model_type": "qwen2"})
     check_architecture("bias", {"model_type": "llama", "attention_bias": True})
     check_architecture("llama-adapter", {"model_type": "mistral"})
@@ -51,3 +51,6 @@ def test_bias_and_llama_adapter_need_their_architectures() -> None:
         check_architecture("bias", {"model_type": "llama"})
     with pytest.raises(FtuiError, match="not qwen3"):
         check_architecture("llama-adapter", {"model_type": "qwen3"})
+    check_architecture("ia3", {"model_type": "gemma2"})
+    with pytest.raises(FtuiError, match="no default IA3 modules for phi3"):
+        check_architecture("ia3", {"model_type": "phi3"})  # PEFT would fail at the first step

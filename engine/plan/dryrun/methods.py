@@ -39,7 +39,10 @@ def apply_method(model: Any, config: TrainingConfig, notes: list[str], error: An
         # weights hold none. The adapter's shapes (and the memory) are the same.
         init = True
         notes.append(f"--init {config.lora_init}: adapters of the same shapes, default init")
-    peft_cfg = peft_config(config, model, init=init)
+    try:
+        peft_cfg = peft_config(config, model, init=init)
+    except FtuiError as exc:  # the architecture cannot take the method
+        raise error(exc.message, exc.fix) from exc
     if config.method == "qlora":
         from engine.plan.dryrun.bnb import register_lora_4bit
 
