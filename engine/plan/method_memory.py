@@ -319,7 +319,8 @@ def family_memory(
         at_loss = saved + logits
         at_recompute = 0.0
     resident_grads = grads if config.grad_accum > 1 else 0.0
-    early = (base.lm_head or base.embedding) * trainable_bytes
+    # a trained output head's gradient lands first (under autocast: a 16-bit one, then fp32)
+    early = (base.lm_head or base.embedding) * (trainable_bytes + (b if mixed else 0))
     early_grads = early if config.method == "freeze" and config.train_embeddings else 0.0
     fb_grads = max(resident_grads, early_grads)
     ddp_buckets = grads if config.num_gpus > 1 else 0.0
