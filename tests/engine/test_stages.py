@@ -179,3 +179,27 @@ def test_plan_checks_the_tracker_as_launch_does(tmp_path: Path) -> None:
     text = plan("--report-to", "wandb").stdout
     assert "tracker: --report-to wandb: " in text and "fix: " in text
     assert "tracker" not in plan().stdout
+
+
+def test_dpo_plan_of_an_8b_on_a_4090_shows_the_reference_pass(tmp_path: Path) -> None:
+    """The issue's check: the reference forward is in the report even when another phase of
+    the step is the peak (it has its own phase line), and in the JSON's phases."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(tmp_path), "FTUI_HOME": str(tmp_path / "ftui")}
+    base = [sys.executable, "-m", "tui", "plan", "--stage", "dpo", "--model", "llama-3.1-8b",
+            "--simulate", "4090"]  # fmt: skip
+    text = subprocess.run(base, capture_output=True, text=True, env=env, check=True).stdout
+    flat = " ".join(text.split())
+    assert "allocated by phase:" in flat and "reference forward" in flat
+    assert "reference: the base with the adapters disabled" in flat
+    data = json.loads(
+        subprocess.run(
+            [*base, "--json"], capture_output=True, text=True, env=env, check=True
+        ).stdout
+    )
+    phases = data["memory"]["phase_gib"]
+    assert phases["reference_forward"] > phases["optimizer_step"] > 0
+    assert data["fits"] and data["config"]["stage"] == "dpo"

@@ -23,6 +23,12 @@ PHASE_LABEL = {
     "optimizer_step": "optimizer step",
     "reference_forward": "reference model's forward (no grad)",
 }
+PHASE_SHORT = {
+    "forward_backward": "loss",
+    "recompute": "recompute",
+    "optimizer_step": "optimizer step",
+    "reference_forward": "reference forward",
+}
 PART_STYLE = {
     "weights": "blue",
     "trainable_weights": "cyan",
@@ -55,6 +61,19 @@ def speed_text(c: Candidate, train_tokens: float, price_per_hour: float) -> Text
             f" · corrected by a measured run of this kind (x{c.speed_correction:.2f})", "cyan"
         )
     return text
+
+
+def phases_line(c: Candidate) -> Text:
+    """Allocated GiB at each phase of a step, the peak in bold: a preference stage's reference
+    pass is its own phase, shown here even when another phase is the peak."""
+    mem = c.memory
+    line = Text("allocated by phase: ")
+    for index, (phase, value) in enumerate(mem.phase_bytes.items()):
+        if index:
+            line.append(" · ")
+        style = "bold" if phase == mem.peak_phase else ""
+        line.append(f"{PHASE_SHORT.get(phase, phase)} {value / GIB:.1f}", style)
+    return line
 
 
 def breakdown_bar(c: Candidate, capacity: float, width: int = 60) -> Text:
@@ -159,6 +178,8 @@ def print_plan(
             legend.append("■ ", style=PART_STYLE.get(part, "white"))
             legend.append(f"{part.replace('_', ' ')} {value / GIB:.1f}  ")
     console.print(legend)
+    if "reference_forward" in mem.phase_bytes:
+        console.print(phases_line(chosen))
     console.print(host_line(chosen, machine.node_ram_bytes(chosen.config.num_gpus)))
     tokens = plan.request.train_tokens * plan.request.epochs
     speed = Text("speed ") + speed_text(chosen, tokens, machine.gpu.price_usd_per_hour)
