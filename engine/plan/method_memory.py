@@ -96,7 +96,6 @@ class MethodShape:
     extra_keys: int  # prefix: keys and values every layer's attention sees in addition
     per_token_layer: float  # activation bytes per token per layer the method adds
     backward_layers: int  # layers whose activations are kept for backward (no checkpointing)
-    notes: tuple[str, ...] = ()
 
 
 def _widths(arch: ModelArch) -> dict[str, tuple[int, int]]:
@@ -108,6 +107,14 @@ def _widths(arch: ModelArch) -> dict[str, tuple[int, int]]:
         "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h),
         "qkv": (h, qd + 2 * kvd),  # fused (GPT-2's c_attn, GPT-NeoX's query_key_value)
     }  # fmt: skip
+
+
+def _separate_linears(arch: ModelArch) -> list[tuple[int, int]]:
+    """(in, out) of the linears one decoder layer really has (q, k, v apart; gate if gated)."""
+    names = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    names += ["gate_proj"] if arch.gated_mlp else []
+    widths = _widths(arch)
+    return [widths[name] for name in names]
 
 
 def ia3_modules(model_type: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -184,7 +191,7 @@ def method_shape(arch: ModelArch, config: TrainingConfig, per_layer_params: int)
 
 def int8_weight_bytes(arch: ModelArch, linear_params: int) -> float:
     """LLM.int8 weights: 1 byte each plus an fp32 scale (SCB) per output row."""
-    rows = sum(out for _, out in _widths(arch).values()) * arch.num_layers
+    rows = sum(out for _, out in _separate_linears(arch)) * arch.num_layers
     return linear_params + 4 * rows
 
 
@@ -194,13 +201,14 @@ def int8_saved_bytes(arch: ModelArch, b: int) -> float:
     linear's outlier columns."""
     widths = _widths(arch)
     inputs = 2 * arch.hidden_size + widths["o_proj"][0] + widths["down_proj"][0]
-    outliers = sum(math.ceil(fan_in * INT8_OUTLIER_FRACTION) for fan_in, _ in widths.values())
+    linears = _separate_linears(arch)
+    outliers = sum(math.ceil(fan_in * INT8_OUTLIER_FRACTION) for fan_in, _ in linears)
     return b * (inputs + outliers)
 
 
 def int8_backward_bytes(arch: ModelArch, b: int) -> float:
     """The largest weight backward dequantises at once (CB * SCB / 127, the input's dtype)."""
-    return float(max(i * o for i, o in _widths(arch).values()) * b)
+    return float(max(i * o for i, o in _separate_linears(arch)) * b)
 
 
 def with_positions(config: TrainingConfig, extra: int) -> TrainingConfig:
