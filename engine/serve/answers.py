@@ -56,9 +56,6 @@ class ServedModels:
             code="model_not_found",
         )
 
-    def loaded(self, variant: str) -> bool:
-        return variant in self.chat.variants()
-
     def load(self, variant: str) -> None:
         """Put a checkpoint on the base if it is not yet (blocks: call it in a thread)."""
         if variant in self.chat.variants():
@@ -74,8 +71,8 @@ class ServedModels:
         return self.chat.tokenizer(prompt, return_tensors="pt")
 
     def inputs(self, variant: str, source: Any, chat: bool) -> Any:
-        """Load `variant` if it is not yet, then encode the prompt (in a worker thread when
-        it loads or the prompt is long: one hand-off per request, not one per step)."""
+        """Load `variant` if it is not yet, then encode the prompt (call it in a worker
+        thread: one hand-off per request, not one per step)."""
         self.load(variant)
         return self.chat_inputs(source) if chat else self.text_inputs(source)
 

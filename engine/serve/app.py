@@ -43,9 +43,6 @@ from engine.serve.state import ServeDir
 
 DRAIN_LIMIT = 16 * MAX_BODY_BYTES  # an oversized body is read to here (so the 413 arrives)
 DISCONNECT_POLL_S = 0.25
-# A prompt this small is encoded on the event loop (about a millisecond, so /health still
-# answers at once): a hand-off to a worker thread and back costs more than that on a busy CPU.
-INLINE_BODY_BYTES = 16 * 1024
 
 
 @dataclass
@@ -193,17 +190,15 @@ def create_app(
 
     async def prepare(request: Request, kind: type[Any], endpoint: str) -> tuple[Any, Job]:
         arrived = time.perf_counter()
-        body = await read_body(request)
-        req = parse_body(body, kind)
+        req = parse_body(await read_body(request), kind)
         variant = models.resolve(req.model)
         stops = req.stops()
         chat = isinstance(req, ChatCompletionRequest)
         try:
             source: Any = req.chat_messages() if chat else req.prompt_text()
-            if len(body) <= INLINE_BODY_BYTES and models.loaded(variant):
-                inputs = models.inputs(variant, source, chat)  # a millisecond: no hand-off
-            else:  # an adapter to load, or a long prompt: off the event loop
-                inputs = await asyncio.to_thread(models.inputs, variant, source, chat)
+            # In a worker thread, even a short prompt: encoding it on the event loop instead
+            # measured ~6 ms more to the first token (benchmarks/serve.py, docs/serve.md).
+            inputs = await asyncio.to_thread(models.inputs, variant, source, chat)
         except ChatError as exc:
             raise ApiError(400, exc.message, param="model") from exc
         prompt_tokens, max_new = models.budget(inputs, req.max_new_tokens)
