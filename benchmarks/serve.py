@@ -220,10 +220,10 @@ def main() -> None:
     child.wait(timeout=30)
     server.terminate()
     server.wait(timeout=30)
+    placement = f"chat and server on CPU {cpu}, the client on the others" if cpus else "no pinning"
     header = (f"{args.rounds} rounds, {args.tokens} tokens, torch threads: chat {chat_threads}, "
               f"server {server_threads}, load average {load_before[0]:.1f} before, "
-              f"{os.getloadavg()[0]:.1f} after ({count} CPUs; chat and server on "
-              f"{f'CPU {cpu}' if cpus else 'any CPU'}, the client on the others)")  # fmt: skip
+              f"{os.getloadavg()[0]:.1f} after ({count} CPUs; {placement})")  # fmt: skip
     report(pairs, run_id, header)
 
 
