@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.models import ModelArch
+from engine.plan.params import adapted_groups, attached_roles
 from engine.training_config import TrainingConfig
 
 # Layer mixers
@@ -30,10 +31,15 @@ MAMBA2 = "mamba2"  # Mamba-2's chunked scan (Falcon-H1, Bamba, Nemotron-H, Zamba
 MAMBA = "mamba"  # Mamba-1's selective scan (Jamba, FalconMamba)
 DELTANET = "gated_deltanet"  # gated delta-net linear attention (Qwen3-Next)
 HYBRID = "hybrid"  # attention and Mamba-2 side by side in one layer (Falcon-H1)
+SPARSE_MLA = "sparse_mla"  # MLA behind a lightning indexer (DeepSeek-V3.2, GLM-5 DSA)
 # MLPs
 DENSE, MOE, NO_MLP = "dense", "moe", "none"
 
 _GDN_CHUNK = 64  # torch_chunk_gated_delta_rule's chunk size
+# Modules a layer runs after its scan (the MLP, the mixer's output projection)
+_AFTER_SCAN = frozenset(
+    {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "out_proj", "o_proj"}
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ def _mixer_of(cfg: dict[str, Any], name: str) -> str:
         return MAMBA2 if _mamba2_like(cfg) else MAMBA
     if name == "hybrid":  # Zamba-2: a Mamba-2 block plus the shared attention block
         return HYBRID
+    if cfg.get("kv_lora_rank"):
+        return SPARSE_MLA if cfg.get("index_n_heads") else MLA
     return ATTENTION
 
 
@@ -98,9 +106,9 @@ def _mixers(cfg: dict[str, Any], n: int) -> list[str]:
     if model_type.startswith("falcon_h1"):
         return [HYBRID] * n
     if "kv_lora_rank" in cfg and cfg.get("kv_lora_rank"):
-        return [MLA] * n
-    indices = cfg.get("attn_layer_indices")
-    if isinstance(indices, list) and _mamba2_like(cfg):  # Bamba
+        return [SPARSE_MLA if cfg.get("index_n_heads") else MLA] * n
+    if "attn_layer_indices" in cfg and _mamba2_like(cfg):  # Bamba: Mamba-2 but the indices
+        indices = cfg.get("attn_layer_indices") or ()
         return [ATTENTION if i in indices else MAMBA2 for i in range(n)]
     period = _int(cfg, "attn_layer_period")
     if period:  # Jamba
@@ -171,8 +179,9 @@ def layer_kinds(arch: ModelArch) -> tuple[LayerKind, ...]:
 def attention_scores_bytes(arch: ModelArch, config: TrainingConfig, b: int, keys: int) -> float:
     """Per token per layer: eager attention keeps the softmax probabilities (fp32 and a
     compute-dtype copy) for every key it sees; sdpa/flash keep only a log-sum-exp per head."""
-    if config.attn == "eager":
-        return arch.num_heads * keys * (4 + b)
+    roles = attached_roles(arch)
+    if config.attn == "eager" or (roles is not None and config.attn not in roles.attention_kernels):
+        return arch.num_heads * keys * (4 + b)  # no fused kernel for it: transformers runs eager
     return arch.num_heads * 4
 
 
@@ -215,6 +224,17 @@ def _padded(seq: int, chunk: int) -> float:
     return math.ceil(seq / chunk) * chunk / seq if chunk else 1.0
 
 
+def _mamba2_inner(arch: ModelArch) -> int:
+    cfg = _cfg(arch)
+    heads = _int(cfg, "mamba_n_heads", "mamba_num_heads", "n_mamba_heads", default=1)
+    inner = _int(cfg, "mamba_d_ssm")
+    if not inner:
+        head_dim = _int(cfg, "mamba_d_head", "mamba_head_dim", "mamba_headdim")
+        expand = _int(cfg, "mamba_expand", default=2)
+        inner = heads * head_dim if head_dim else expand * arch.hidden_size
+    return inner
+
+
 def _mamba2(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     """Mamba-2's PyTorch chunked scan (transformers' torch_forward / mamba2_chunk_scan): the
     projections in the compute dtype, then fp32 chunk tensors per padded token: B and C per
@@ -226,10 +246,7 @@ def _mamba2(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     state = _int(cfg, "mamba_d_state", "ssm_state_size", "state_size", default=128)
     groups = _int(cfg, "mamba_n_groups", "mamba_ngroups", "n_groups", default=1)
     chunk = _int(cfg, "mamba_chunk_size", "chunk_size", default=256)
-    inner = _int(cfg, "mamba_d_ssm")
-    if not inner:
-        head_dim = _int(cfg, "mamba_d_head", "mamba_head_dim", "mamba_headdim")
-        inner = heads * head_dim if head_dim else _int(cfg, "mamba_expand", default=2) * h
+    inner = _mamba2_inner(arch)
     p = inner / heads
     conv = inner + 2 * groups * state
     # in_proj's output (gate, x/B/C, dt), the conv's input and SiLU output, the gated output;
@@ -312,7 +329,7 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         # a sliding window saves what full attention saves: flash/sdpa keep no scores, and
         # eager attention computes every key's score and masks those outside the window
         total += _attention(arch, config, b)
-    elif kind.mixer == MLA:
+    elif kind.mixer in (MLA, SPARSE_MLA):
         total += _mla(arch, config, b)
     elif kind.mixer == MAMBA2:
         total += _mamba2(arch, config, b)
@@ -354,6 +371,41 @@ def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind) -> 
     return 0.0
 
 
+def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """Transient tensors a layer's forward builds and drops, per token: DeepSeek sparse
+    attention's lightning indexer scores every key per indexer head in fp32 (the scores and
+    their ReLU), sums them into one fp32 score per key, and masks attention to its top-k
+    with a dense mask."""
+    if kind.mixer != SPARSE_MLA:
+        return 0.0
+    heads = _int(_cfg(arch), "index_n_heads", default=64)
+    return config.seq_len * (4 * (2 * heads + 2) + b)
+
+
+def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """What a layer's backward has freed when it reaches its scan: backward runs the layer in
+    reverse, so the MLP, the second norm and the scan's output side (gated norm, out_proj's
+    input) are gone by then."""
+    if not backward_bytes(arch, config, kind):
+        return 0.0
+    h = arch.hidden_size
+    freed: float = 4 * h if arch.rms_norm else b * h
+    if kind.mlp == DENSE:
+        freed += _mlp(arch, config, b, arch.intermediate_size)
+    elif kind.mlp == MOE:
+        freed += max(arch.experts_per_token, 1) * _mlp(arch, config, b, arch.moe_intermediate_size)
+    if kind.mixer in (MAMBA2, HYBRID):
+        inner = _mamba2_inner(arch)
+        freed += 2 * b * inner + 4 * inner
+    roles = attached_roles(arch) if config.is_peft else None
+    if roles is not None:  # LoRA's fp32 inputs of the modules after the scan
+        layers = max(arch.num_layers, 1)
+        for group in adapted_groups(roles, config):
+            if group.name in _AFTER_SCAN and not group.tower:
+                freed += 4 * group.in_features / layers
+    return freed
+
+
 def stack_activations(arch: ModelArch, config: TrainingConfig, b: int) -> StackActivations:
     """Every layer's saved bytes per token: their sum and the largest layer (with its
     backward's own gradients)."""
@@ -362,5 +414,13 @@ def stack_activations(arch: ModelArch, config: TrainingConfig, b: int) -> StackA
         counts[kind] = counts.get(kind, 0) + 1
     sizes = {kind: layer_bytes(arch, config, b, kind) for kind in counts}
     total = sum(sizes[kind] * n for kind, n in counts.items())
-    largest = max(sizes[kind] + backward_bytes(arch, config, kind) for kind in counts)
+    largest = max(
+        sizes[kind]
+        + max(
+            backward_bytes(arch, config, kind) - _freed_before_scan(arch, config, b, kind),
+            forward_bytes(arch, config, b, kind),
+            0.0,
+        )
+        for kind in counts
+    )
     return StackActivations(total, largest, tuple(counts.items()))

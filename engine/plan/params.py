@@ -83,6 +83,12 @@ class ParamRoles:
     unadaptable: tuple[str, ...] = ()
     # transformers' supports_gradient_checkpointing (CTRL, CPM-Ant and GPT-NeoX-Japanese lack it)
     checkpointing: bool = True
+    # fused attention kernels the model class supports ("sdpa", "flash_attention_2"); without
+    # them transformers runs eager attention, which keeps the softmax probabilities
+    attention_kernels: tuple[str, ...] = ("sdpa", "flash_attention_2")
+    # parameters whose only output is non-differentiable (DeepSeek sparse attention's
+    # indexer picks top-k indices): training never gives them a gradient
+    no_gradient: int = 0
 
     def role(self, name: str) -> int:
         return self.roles.get(name, 0)
@@ -108,6 +114,8 @@ class ParamRoles:
             model_class=str(data.get("model_class", "")),
             unadaptable=tuple(data.get("unadaptable", ())),
             checkpointing=bool(data.get("checkpointing", True)),
+            attention_kernels=tuple(data.get("attention_kernels", ("sdpa", "flash_attention_2"))),
+            no_gradient=int(data.get("no_gradient", 0)),
         )
 
 
@@ -202,8 +210,8 @@ def _read_cache(key: str) -> ParamRoles | None:
         roles = ParamRoles.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if "checkpointing" not in data:
-        return None  # written before towers and checkpointing support were recorded
+    if "no_gradient" not in data:
+        return None  # written before towers, checkpointing and kernels were recorded
     return roles
 
 
@@ -261,7 +269,7 @@ def idle_trainable(roles: ParamRoles, config: TrainingConfig | None) -> int:
     if config is None:
         return 0
     if config.method == "full":
-        return roles.role("towers")
+        return roles.role("towers") + roles.no_gradient
     if not config.is_peft:
         return 0
     total = 0
@@ -341,6 +349,7 @@ def peft_unadaptable(model: Any) -> tuple[str, ...]:
 
 # -- counting on the meta device ---------------------------------------------------------------
 
+_INDEXER = re.compile(r"\.indexer(\.|$)")
 _TOWER = re.compile(r"(vision|visual|audio|image|multi_modal|mm_projector|speech|patch_embed)")
 _MTP = re.compile(r"(^|\.)(mtp|nextn)")
 _SSM = re.compile(r"(^|\.)(mamba|linear_attn|mixer|ssm|conv1d|time_mix|channel_mix)(\.|$)")
@@ -400,7 +409,7 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
     inputs = model.get_input_embeddings()
     tied = output is not None and inputs is not None and output.weight is inputs.weight
     roles = dict.fromkeys(ROLES, 0)
-    quantizable = expert_tensors = 0
+    quantizable = expert_tensors = no_gradient = 0
     groups: dict[tuple[str, bool, bool], list[int]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -436,6 +445,8 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
                 role = _role(module_name, kind)
             if role == "routed_experts" and param.dim() == 3:
                 expert_tensors += count
+            if _INDEXER.search(module_name):
+                no_gradient += count
             roles[role] += count
     linears = tuple(
         LinearGroup(name, n, in_f, out_f, weights, expert, tower)
@@ -452,6 +463,15 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
         model_class=type(model).__name__,
         unadaptable=peft_unadaptable(model),
         checkpointing=bool(getattr(model, "supports_gradient_checkpointing", True)),
+        no_gradient=no_gradient,
+        attention_kernels=tuple(
+            name
+            for name, flag in (
+                ("sdpa", "_supports_sdpa"),
+                ("flash_attention_2", "_supports_flash_attn"),
+            )
+            if getattr(model, flag, True)
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.models import resolve_model
+from engine.models import ModelArch, resolve_model
 from engine.plan.dryrun.coverage import small_config
 from engine.plan.estimator import estimate_memory
 from engine.plan.params import decode_floats, param_roles
@@ -81,3 +81,31 @@ def test_a_dry_run_that_cannot_run_declines_in_one_line(
     )
     data = json.loads(out.stdout)
     assert data["dry_run"]["analytic_estimate_stands"] and data["memory"]["allocated_gib"] > 0
+
+
+# One architecture per kind of layer the analytic tier models apart from a dense decoder:
+# Mamba-2 beside attention (Falcon-H1), gated delta-net linear attention with MoE (Qwen3-Next),
+# and a multimodal checkpoint whose towers text-only training never runs (Gemma 3). The dry
+# run runs transformers' own PyTorch code.
+LAYER_KINDS = (
+    ("falcon_h1", "lora"),
+    ("falcon_h1", "full"),
+    ("qwen3_next", "full"),
+    ("gemma3", "full"),
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model_type", "method"), LAYER_KINDS)
+def test_the_analytic_estimate_follows_each_kind_of_layer(model_type: str, method: str) -> None:
+    from engine.plan.dryrun.entry import dry_run
+
+    config, _ = small_config(model_type)
+    arch = ModelArch(name=model_type, source="dir", config=config)
+    param_roles(arch)
+    for seq_len in (128, 512):
+        training = TrainingConfig(method=method, pure_bf16=method == "full", seq_len=seq_len)
+        dry = dry_run(arch, training)
+        analytic = estimate_memory(arch, training).allocated_bytes
+        error = (analytic - dry.peak_allocated_bytes) / dry.peak_allocated_bytes
+        assert abs(error) < 0.10, f"{model_type} {method} at {seq_len} tokens: {error:+.1%}"
