@@ -1,8 +1,8 @@
 """The runs screen: every run with status, age, progress and last loss; open, stop, save-now,
 resume and delete; mark runs (space) and compare them (c). Under the runs, while any run is
-served, its server's requests, tokens/s and latency (tui/screens/runs/servers.py). The list refreshes every ~2 s in
-a thread worker, re-armed after each refresh was shown; every engine call runs in a thread
-worker and reports back by message."""
+served, its server's requests, tokens/s and latency (tui/screens/runs/servers.py). The list
+refreshes every ~2 s in a thread worker, re-armed after each refresh was shown; every engine
+call runs in a thread worker and reports back by message."""
 
 from __future__ import annotations
 
