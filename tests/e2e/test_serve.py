@@ -267,6 +267,8 @@ def test_detached_keyed_server_is_listed_and_stopped(
         mine = next(s for s in listed if s["run_id"] == other_run.run_id)
         assert mine["status"] == "ready" and mine["requests"] == 1
         assert mine["tokens_per_s_median"] > 0 and mine["ttft_s_median"] > 0
+        # One answer: its latency is both percentiles (what the runs screen shows).
+        assert mine["total_s_p95"] == mine["total_s_median"] > mine["ttft_s_median"]
     finally:
         stopped = ftui(["stop", other_run.run_id, "--server"], env)
     assert stopped.returncode == 0, stopped.stderr

@@ -2,7 +2,8 @@
 
     ftui serve RUN [--checkpoint N] [--host H] [--port P] [--api-key K | --new-api-key]
                    [--detach] [--engine ftui|vllm [--print-command]]
-    ftui servers [--json]                    every run's server: where, status, requests, speed
+    ftui servers [--json]                    every run's server: where, status, requests, speed,
+                                             latency
     ftui stop RUN --server                   stops one (see tui/cli/runs.py)
 
 Bad input (an unknown run, no adapter yet, a network bind without a key, a port in use, vLLM
@@ -167,7 +168,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
         sys.stdout.write("no servers yet: start one with `ftui serve RUN`\n")
         return 0
     columns = ("run", "status", "url", "key", "default", "requests", "tokens/s",
-               "first token s", "up")  # fmt: skip
+               "latency s p50/p95", "first token s", "up")  # fmt: skip
     rows = []
     for i in infos:
         r, s = i.record, i.stats
@@ -177,7 +178,9 @@ def cmd_servers(args: argparse.Namespace) -> int:
             "yes" if r.get("api_key") else "no",
             str(r.get("default_model") or "-"),
             f"{s['requests']}" + (f" ({s['errors']} errors)" if s["errors"] else ""),
-            _number(s["tokens_per_s_median"], ",.1f"), _number(s["ttft_s_median"], ".3f"),
+            _number(s["tokens_per_s_median"], ",.1f"),
+            f"{_number(s['total_s_median'], '.3f')}/{_number(s['total_s_p95'], '.3f')}",
+            _number(s["ttft_s_median"], ".3f"),
             _age(r.get("started_at")) if i.status in ("starting", "loading", "ready", "running")
             else "-",
         ))  # fmt: skip
