@@ -142,6 +142,11 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
             out[key] = _sample_pattern(value, n_layers)  # each kind of layer stays
         elif isinstance(value, list) and len(value) == layers and key.endswith("_layers"):
             out[key] = value[:n_layers]
+    if isinstance(out.get("hybrid_layer_ids"), list) and isinstance(
+        out.get("layers_block_type"), list
+    ):  # Zamba-2 saves the derived list: derive it again
+        kinds = out["layers_block_type"]
+        out["hybrid_layer_ids"] = [i for i, kind in enumerate(kinds) if kind == "hybrid"]
     if isinstance(out.get("first_k_dense_replace"), int) and out["first_k_dense_replace"] > 1:
         out["first_k_dense_replace"] = 1  # one dense layer, then MoE layers
     for key in ("num_nextn_predict_layers", "mtp_num_layers", "num_mtp_layers"):
