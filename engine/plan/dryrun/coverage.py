@@ -106,7 +106,7 @@ class Measurement:
 @dataclass
 class CoverageRow:
     model_type: str
-    status: str  # "checked", "declined" (the dry run cannot run it) or "not planned"
+    status: str  # "checked", "declined" (no setup could be dry-run) or "not planned"
     reason: str = ""
     params: int = 0  # ftui's count
     model_params: int = 0  # the model's own count
@@ -279,8 +279,8 @@ def check_architecture(model_type: str) -> CoverageRow:
             )
             dry = dry_run_or_decline(arch, training)
             if isinstance(dry, DryRunDeclined):
-                row.status, row.reason = "declined", dry.reason
-                return row
+                row.reason = f"{method}: {dry.reason}"
+                break  # the other method may still run
             row.model_params = dry.total_params - (dry.trainable_params if method == "lora" else 0)
             analytic = estimate_memory(arch, training)
             row.measurements.append(
@@ -288,6 +288,8 @@ def check_architecture(model_type: str) -> CoverageRow:
                     method, seq_len, dry.peak_allocated_bytes / GIB, analytic.allocated_bytes / GIB
                 )
             )
+    if not row.measurements:
+        row.status = "declined"
     return row
 
 
