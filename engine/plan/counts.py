@@ -156,7 +156,7 @@ def stack_notes(arch: ModelArch, config: TrainingConfig) -> list[str]:
     if roles is not None and config.grad_ckpt and not roles.checkpointing:
         return [
             f"{roles.model_class or arch.model_type} does not support gradient checkpointing: "
-            "plan it without --grad-ckpt"
+            "estimated without it (plan it without --grad-ckpt)"
         ]
     if roles is None or not roles.expert_tensors or not config.is_peft:
         return []

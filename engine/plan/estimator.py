@@ -321,7 +321,9 @@ def estimate_memory(
     residual = 4 if upcast else b  # the residual stream follows the embeddings' dtype
     logits = logits_bytes_per_token(arch, 4 if upcast else b, calibration, loss_path) * tokens
     cast_weights = params.per_layer_linear * b if mixed else 0.0  # autocast's weight copies
-    if config.grad_ckpt:
+    roles = attached_roles(arch)
+    ckpt = config.grad_ckpt and (roles is None or roles.checkpointing)  # CTRL cannot
+    if ckpt:
         # Checkpoints keep each layer's input. The loss is computed with only those alive;
         # later, backward recomputes one layer at a time and holds its activations plus the
         # gradient flowing through it (the logits are gone by then).
@@ -362,7 +364,7 @@ def estimate_memory(
     )
     phase_bytes = {
         "forward_backward": base + at_loss,
-        "recompute": base + at_recompute if config.grad_ckpt else 0.0,
+        "recompute": base + at_recompute if ckpt else 0.0,
         "optimizer_step": optimizer_step,
     }
     peak_phase = max(phase_bytes, key=lambda k: phase_bytes[k])

@@ -15,7 +15,7 @@ import pytest
 from engine.errors import FtuiError
 from engine.machine.fakenvml import parse_simulate_spec
 from engine.models import ModelArch, check_causal_lm, resolve_model
-from engine.plan.estimator import count_params
+from engine.plan.estimator import count_params, estimate_memory
 from engine.plan.params import closed_form_reason, hf_config, param_roles
 from engine.plan.planner import Machine, PlanRequest, plan
 from engine.training_config import TrainingConfig
@@ -165,3 +165,26 @@ def test_every_causal_lm_dry_runs_or_declines_in_one_line(model_type: str) -> No
         )
     assert result.trainable_params == counted.trainable
     assert result.total_params - result.trainable_params == counted.total - counted.lora
+
+
+def test_a_model_without_gradient_checkpointing_is_estimated_without_it() -> None:
+    from engine.plan.dryrun.coverage import small_config
+
+    config, _ = small_config("ctrl")  # CTRLLMHeadModel cannot checkpoint
+    arch = ModelArch(name="ctrl", source="dir", config=config)
+    assert param_roles(arch) is not None
+    asked = estimate_memory(arch, TrainingConfig(method="lora", seq_len=512, grad_ckpt=True))
+    plain = estimate_memory(arch, TrainingConfig(method="lora", seq_len=512, grad_ckpt=False))
+    assert asked.allocated_bytes == plain.allocated_bytes
+    assert any("does not support gradient checkpointing" in note for note in asked.notes)
+    # a model that can checkpoint keeps less with it
+    config, _ = small_config("llama")
+    llama = ModelArch(name="llama", source="dir", config=config)
+    param_roles(llama)
+    checkpointed = estimate_memory(llama, TrainingConfig(method="lora", seq_len=512))
+    assert (
+        checkpointed.allocated_bytes
+        < estimate_memory(
+            llama, TrainingConfig(method="lora", seq_len=512, grad_ckpt=False)
+        ).allocated_bytes
+    )
