@@ -354,21 +354,26 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
     return total
 
 
-def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind) -> float:
+def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind, b: int = 2) -> float:
     """Gradients a layer's backward holds beside its saved tensors, per token, beyond the
     hidden-sized ones every layer has: the chunked scans' fp32 score gradients (two l x l
     per head while the masked scores' product is differentiated) and, for Mamba-2, the
-    gradients of B and C repeated over the heads."""
+    gradients of B and C repeated over the heads; eager attention's gradients of the
+    probabilities and scores (as large as the probabilities it keeps)."""
     cfg = _cfg(arch)
+    total = 0.0
+    if kind.mixer in (ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID):
+        scores = attention_scores_bytes(arch, config, b, config.seq_len)
+        total += scores if scores > arch.num_heads * 4 else 0.0  # eager only
     if kind.mixer in (MAMBA2, HYBRID):
         heads = _int(cfg, "mamba_n_heads", "mamba_num_heads", "n_mamba_heads", default=1)
         state = _int(cfg, "mamba_d_state", "ssm_state_size", "state_size", default=128)
         chunk = _int(cfg, "mamba_chunk_size", "chunk_size", default=256)
-        return 4 * heads * (2 * chunk * _padded(config.seq_len, chunk) + 2 * state)
+        total += 4 * heads * (2 * chunk * _padded(config.seq_len, chunk) + 2 * state)
     if kind.mixer == DELTANET:
         hv = _int(cfg, "linear_num_value_heads", default=32)
-        return 4 * hv * 2 * _GDN_CHUNK * _padded(config.seq_len, _GDN_CHUNK)
-    return 0.0
+        total += 4 * hv * 2 * _GDN_CHUNK * _padded(config.seq_len, _GDN_CHUNK)
+    return total
 
 
 def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
@@ -386,7 +391,7 @@ def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: La
     """What a layer's backward has freed when it reaches its scan: backward runs the layer in
     reverse, so the MLP, the second norm and the scan's output side (gated norm, out_proj's
     input) are gone by then."""
-    if not backward_bytes(arch, config, kind):
+    if not backward_bytes(arch, config, kind, b):
         return 0.0
     h = arch.hidden_size
     freed: float = 4 * h if arch.rms_norm else b * h
@@ -417,7 +422,7 @@ def stack_activations(arch: ModelArch, config: TrainingConfig, b: int) -> StackA
     largest = max(
         sizes[kind]
         + max(
-            backward_bytes(arch, config, kind) - _freed_before_scan(arch, config, b, kind),
+            backward_bytes(arch, config, kind, b) - _freed_before_scan(arch, config, b, kind),
             forward_bytes(arch, config, b, kind),
             0.0,
         )
