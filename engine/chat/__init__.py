@@ -55,7 +55,6 @@ from engine.chat.targets import (
     ChatTarget,
     adapter_target,
     adapters_target,
-    read_spec,
     resolve_base_model,
     resolve_checkpoint,
     run_base_model,
@@ -65,6 +64,7 @@ from engine.chat.targets import (
     target_to_dict,
 )
 from engine.chat.worker import ChatWorker, WorkerAnswer, serve_worker
+from engine.run.rundir import read_spec
 
 __all__ = [
     "BASE",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.chat.core import BASE, FINAL, ChatError
-from engine.run.rundir import RunDir, read_json
+from engine.run.rundir import RunDir, read_json, read_spec
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,6 @@ def resolve_checkpoint(run: RunDir, ref: str | None = None) -> AdapterRef:
         f"run {run.run_id} has no checkpoint {ref!r}",
         "choose one of: " + ", ".join(name for name, _ in available),
     )
-
-
-def read_spec(run: RunDir) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(run.spec.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def run_base_model(run: RunDir, adapter_dir: Path | None = None) -> str:

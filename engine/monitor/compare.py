@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import FtuiError
-from engine.monitor.reading import JsonlSource, read_spec
+from engine.monitor.reading import JsonlSource
 from engine.monitor.records import num, step_of
 from engine.monitor.series import lttb
 from engine.run.probe import measured_tokens_per_s
-from engine.run.rundir import RunDir, read_json
+from engine.run.rundir import RunDir, read_json, read_spec
 
 AXES = ("step", "tokens", "time")
 # metrics.jsonl key -> what a chart calls it

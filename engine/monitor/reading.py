@@ -5,7 +5,6 @@ replaced; a file over the size limit is opened in two parts so the first frame o
 comes fast: its last bytes are read line by line, the part before is sampled by `sample_jsonl`
 (a few thousand lines picked at even byte offsets, plus the lines holding given needles, found
 with `bytes.find` at C speed). `TextTail` follows the last lines of a text log (stdout.log).
-`read_spec` reads a run's spec.yaml as plain data.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.run.rundir import JsonlTail, RunDir
+from engine.run.rundir import JsonlTail
 
 
 def _line_start_after(path: Path, offset: int) -> int:
@@ -193,15 +192,3 @@ class TextTail:
         if first_read and parts:
             parts = parts[1:]  # the first line was cut by the seek
         return reset, [p.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1] for p in parts]
-
-
-def read_spec(run: RunDir) -> dict[str, Any]:
-    """spec.yaml as written at launch, as plain data; {} when missing or unreadable. Not
-    validated: a spec written by an older ftui still shows and compares."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(run.spec.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -31,11 +31,11 @@ from engine.monitor.alerts import (
 )
 from engine.monitor.preference import PreferenceMonitor
 from engine.monitor.progress import Pace, Progress
-from engine.monitor.reading import JsonlSource, read_spec
+from engine.monitor.reading import JsonlSource
 from engine.monitor.records import Event, GpuHistory, bad_loss, describe_event, num, step_of
 from engine.monitor.series import Series
 from engine.run.probe import measured_tokens_per_s
-from engine.run.rundir import FINAL, RunDir, read_json
+from engine.run.rundir import FINAL, RunDir, read_json, read_spec
 from engine.training_config import PREFERENCE_STAGES
 
 # Logged intervals the measured speed is taken over (the recent ones: a resumed or long run's

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
+from engine.run.rundir import read_spec
 
 CONFIG_FILE = "config.toml"
 BUDGET_STOP_REASON = "budget"
@@ -381,17 +382,6 @@ def machine_idle(*, host: str, root: Path | None = None) -> Idle | None:
     price = _number((spec.get("budget") or {}).get("price"))
     rate = price * billed_gpus(spec) if price is not None else None
     return Idle(finished, run.run_id, rate)
-
-
-def read_spec(run: Any) -> dict[str, Any]:
-    """spec.yaml as plain data ({} when missing or unreadable: older runs have no budget)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(run.spec.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def money(value: float | None) -> str:

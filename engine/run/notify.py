@@ -91,7 +91,8 @@ def send(url: str, payload: dict[str, Any], *, timeout: float | None = None) -> 
 def notify_run(run: Any, kind: str, state: dict[str, Any]) -> None:
     """Tell the run's `--notify` webhook (if any) that it `kind` (ended, stalled), and record
     the outcome as an event."""
-    from engine.run.cost import read_spec, run_cost, tail_records
+    from engine.run.cost import run_cost, tail_records
+    from engine.run.rundir import read_spec
 
     url = (read_spec(run).get("budget") or {}).get("notify")
     if not url:

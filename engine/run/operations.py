@@ -28,6 +28,7 @@ from engine.run.rundir import (
     create_run_dir,
     iter_run_paths,
     read_json,
+    read_spec,
     write_json_atomic,
 )
 from engine.run.spec import RunSpec
@@ -109,6 +110,12 @@ class RunInfo:
     damaged: str | None = None  # what was wrong with state.json (rebuilt from the events)
     eval: dict[str, Any] | None = None  # the latest finished `ftui eval` (eval/summary.json)
     stop_reason: str | None = None  # a stopped run: requested, budget, signal N, ...
+    device: str = "auto"  # spec.yaml's device: "cpu" for a run on the CPU
+
+    @property
+    def gpus_label(self) -> str:
+        """The runs list's GPUs cell: the count, or CPU for a run that used none."""
+        return "CPU" if self.device == "cpu" else str(self.num_gpus)
 
     @property
     def label(self) -> str:
@@ -204,6 +211,7 @@ def run_info(run: RunDir) -> RunInfo:
         damaged=state.get("damaged"),
         eval=read_json(run.path / "eval" / "summary.json") or None,
         stop_reason=state.get("stop_reason") if state.get("status") == "stopped" else None,
+        device=str(read_spec(run).get("device") or "auto"),
     )
 
 

@@ -89,6 +89,18 @@ STATE_LOCK_SECONDS = 15.0
 RUN_LOCK_SECONDS = 10.0
 
 
+def read_spec(run: RunDir) -> dict[str, Any]:
+    """spec.yaml as written at launch, as plain data; {} when missing or unreadable. Not
+    validated: a spec written by an older ftui (no budget, `mode` for `stage`) still reads."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(run.spec.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _lock_seconds(default: float) -> float:
     override = os.environ.get("FTUI_LOCK_SECONDS")
     try:

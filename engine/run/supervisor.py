@@ -115,7 +115,7 @@ class Supervisor:
         self.grace = _grace_seconds()
         self._done = threading.Event()
         self._stall_notified_at: float | None = None  # metrics mtime of the last stall told
-        from engine.run.cost import read_spec
+        from engine.run.rundir import read_spec
 
         self.notify_url = (read_spec(run).get("budget") or {}).get("notify")
 

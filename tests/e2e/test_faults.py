@@ -113,6 +113,16 @@ def test_runs_in_a_pipe_prints_whole_run_ids(cli_env: dict[str, str]) -> None:
     assert lines[0].split() == ["run", "status", "age", "progress", "loss", "GPUs", "model", "eval"]
     assert lines[1].split()[0] == run.run_id  # whole, not cut at 80 columns
     assert "stopped" in lines[1].split()
+    assert lines[1].split()[5] == "1"  # GPUs
+
+
+def test_a_run_on_the_cpu_says_cpu_not_one_gpu(cli_env: dict[str, str]) -> None:
+    run = _made_run("on-the-cpu")
+    with run.spec.open("a") as fh:
+        fh.write("device: cpu\n")  # what ftui launch writes on a machine without GPUs
+    row = ftui(["runs"], cli_env).stdout.splitlines()[1].split()
+    assert row[0] == run.run_id and row[5] == "CPU"
+    assert "on the CPU" in ftui(["status", run.run_id], cli_env).stdout
 
 
 # -- a damaged state.json (no processes) ----------------------------------------------------------

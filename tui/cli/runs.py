@@ -373,7 +373,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for i in infos:
         progress = f"{i.step}/{i.max_steps}" if i.step is not None and i.max_steps else "-"
         loss = f"{i.loss:.4f}" if isinstance(i.loss, (int, float)) else "-"
-        rows.append((i.run_id, i.label, _age(i.created_at), progress, loss, str(i.num_gpus),
+        rows.append((i.run_id, i.label, _age(i.created_at), progress, loss, i.gpus_label,
                      f"{i.model} ({i.method})", _eval_label(i.eval)))  # fmt: skip
     if not sys.stdout.isatty():
         # Piped into a script: whole values, never cut to a terminal's width.
@@ -421,7 +421,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     out = [
         f"{info.run_id}: {info.label}",
-        f"  model {info.model} ({info.method}), {info.num_gpus} GPU(s)",
+        f"  model {info.model} ({info.method}), "
+        + ("on the CPU" if info.device == "cpu" else f"{info.num_gpus} GPU(s)"),
         f"  progress {info.step}/{info.max_steps}, last loss {info.loss}",
         f"  checkpoints: {', '.join(checkpoints) or 'none'}",
     ]

@@ -32,10 +32,10 @@ from textual.worker import get_current_worker
 from engine.errors import FtuiError
 from engine.machine.hardware import NvmlBackend
 from engine.monitor.alerts import Alert
-from engine.monitor.reading import TextTail, read_spec
+from engine.monitor.reading import TextTail
 from engine.monitor.store import MetricsStore
 from engine.run.cost import Cost, run_cost
-from engine.run.rundir import FINAL, RunDir
+from engine.run.rundir import FINAL, RunDir, read_spec
 from tui.screens.dashboard.events import EventList
 from tui.screens.dashboard.gpu import DashGpuPanel
 from tui.screens.dashboard.header import RunHeader, set_text

@@ -62,7 +62,7 @@ def row_values(info: RunInfo, now: float) -> dict[str, str]:
         "age": format_age(now - info.created_at) if info.created_at else "-",
         "progress": format_progress(info),
         "loss": format_loss(info),
-        "gpus": str(info.num_gpus),
+        "gpus": info.gpus_label,
         "model": f"{info.model} ({info.method})",
     }
 
