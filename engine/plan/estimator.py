@@ -285,6 +285,27 @@ def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _St
     )
 
 
+def reserved_and_overhead(
+    arch: ModelArch,
+    config: TrainingConfig,
+    calibration: Calibration,
+    *,
+    allocated: float,
+    logits: float,
+    tokens: int,
+    b: int,
+) -> tuple[float, float]:
+    """(reserved, overhead beyond it): the caching allocator's slack on the allocated peak
+    plus half its largest block's rounding; the CUDA context, and NCCL's buffers when more
+    than one process trains."""
+    largest_block = max(logits / 2, tokens * b * arch.intermediate_size, 2 * 1024**2)
+    reserved = allocated * (1 + calibration.reserved_frag) + largest_block * 0.5
+    overhead = calibration.cuda_context_bytes + (
+        calibration.comm_bytes if config.num_gpus > 1 else 0
+    )
+    return reserved, overhead
+
+
 def estimate_memory(
     arch: ModelArch,
     config: TrainingConfig,
@@ -404,10 +425,8 @@ def estimate_memory(
         breakdown["temporaries"] += allocated - phase_bytes[peak_phase]
         notes.append(f"probe correction x{correction:.3f} applied")
 
-    largest_block = max(logits / 2, tokens * b * arch.intermediate_size, 2 * 1024**2)
-    reserved = allocated * (1 + calibration.reserved_frag) + largest_block * 0.5
-    overhead = calibration.cuda_context_bytes + (
-        calibration.comm_bytes if config.num_gpus > 1 else 0
+    reserved, overhead = reserved_and_overhead(
+        arch, config, calibration, allocated=allocated, logits=logits, tokens=tokens, b=b
     )
     breakdown["overhead"] = reserved - allocated + overhead
     device = reserved + overhead

@@ -353,10 +353,8 @@ def family_memory(
     if correction != 1.0:
         breakdown["temporaries"] += allocated - phase_bytes[peak_phase]
         notes.append(f"probe correction x{correction:.3f} applied")
-    largest_block = max(logits / 2, tokens * b * arch.intermediate_size, 2 * 1024**2)
-    reserved = allocated * (1 + calibration.reserved_frag) + largest_block * 0.5
-    overhead = calibration.cuda_context_bytes + (
-        calibration.comm_bytes if config.num_gpus > 1 else 0
+    reserved, overhead = est.reserved_and_overhead(
+        arch, config, calibration, allocated=allocated, logits=logits, tokens=tokens, b=b
     )
     breakdown["overhead"] = reserved - allocated + overhead
     host = host_memory(
