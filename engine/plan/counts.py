@@ -150,6 +150,13 @@ def _counts_from_roles(
     )
 
 
+def tower_params(arch: ModelArch) -> int:
+    """Parameters of a multimodal checkpoint's vision / audio towers and MTP heads (0 when the
+    real model was not counted): not decoder layers."""
+    roles = attached_roles(arch)
+    return roles.role("towers") + roles.role("mtp") if roles is not None else 0
+
+
 def stack_notes(arch: ModelArch, config: TrainingConfig) -> list[str]:
     """What today's stack does to fused 3-D expert tensors (transformers 5's MoE layers)."""
     roles = attached_roles(arch)

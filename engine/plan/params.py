@@ -351,6 +351,13 @@ def peft_unadaptable(model: Any) -> tuple[str, ...]:
 
 _INDEXER = re.compile(r"\.indexer(\.|$)")
 _TOWER = re.compile(r"(vision|visual|audio|image|multi_modal|mm_projector|speech|patch_embed)")
+
+
+def is_tower(name: str) -> bool:
+    """A parameter or module of a multimodal checkpoint's vision / audio tower."""
+    return bool(_TOWER.search(name.lower()))
+
+
 _MTP = re.compile(r"(^|\.)(mtp|nextn)")
 _SSM = re.compile(r"(^|\.)(mamba|linear_attn|mixer|ssm|conv1d|time_mix|channel_mix)(\.|$)")
 _ATTENTION = re.compile(r"(attn|attention)")

@@ -14,6 +14,7 @@ from typing import Any
 from engine.errors import FtuiError
 from engine.plan.method_memory import LLAMA_ADAPTER_LAYERS, PTUNING_ENCODER_HIDDEN
 from engine.plan.methods import check_architecture
+from engine.plan.params import is_tower
 from engine.training_config import TrainingConfig
 
 # P-tuning's encoder width (PEFT's default is the model's hidden size) and llama-adapter's
@@ -21,6 +22,7 @@ from engine.training_config import TrainingConfig
 __all__ = [
     "LLAMA_ADAPTER_LAYERS",
     "PTUNING_ENCODER_HIDDEN",
+    "decoder_layers",
     "lora_config",
     "peft_config",
     "train_only",
@@ -29,6 +31,22 @@ __all__ = [
 ]
 # freeze --train-embeddings: the module names that train with the top layers.
 EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "wpe")
+
+
+def decoder_layers(model: Any) -> int:
+    """The language model's decoder layers. A multimodal config (Gemma 3, GOT-OCR2, Fuyu)
+    keeps them in its text sub-config; the outer config has no `num_hidden_layers`."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, config):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int):
+                return value
+    raise FtuiError(
+        f"the {config.model_type} config names no decoder layer count",
+        "use a method that does not pick layers (lora, full)",
+    )
 
 
 def lora_config(t: TrainingConfig, model: Any = None, *, init: Any = None) -> Any:
@@ -63,7 +81,7 @@ def peft_config(t: TrainingConfig, model: Any, *, init: Any = None) -> Any:
     """The PEFT config of an adapter method (TrainingConfig.saves_adapter)."""
     import peft
 
-    model_type, num_layers = model.config.model_type, model.config.num_hidden_layers
+    model_type, num_layers = model.config.model_type, decoder_layers(model)
     n = t.virtual_tokens
     if t.is_peft:
         return lora_config(t, model, init=init)
@@ -103,6 +121,8 @@ def trainable_selector(t: TrainingConfig, num_layers: int) -> Callable[[str], bo
     extra = EMBEDDING_NAMES if t.train_embeddings else ()
 
     def trains(name: str) -> bool:
+        if is_tower(name):  # a vision / audio tower's layers are not the decoder's
+            return False
         return any(w in f".{name}" for w in wanted) or any(e in name for e in extra)
 
     return trains

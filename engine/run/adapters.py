@@ -16,6 +16,7 @@ from engine.plan.methods import bias_refusal
 from engine.plan.peft_setup import (
     LLAMA_ADAPTER_LAYERS,
     PTUNING_ENCODER_HIDDEN,
+    decoder_layers,
     lora_config,
     peft_config,
     train_only,
@@ -68,7 +69,7 @@ def attach(spec: RunSpec, model: Any) -> Any:
         config = peft_config(t, model)
         return attach_adapters(spec, model, config)
     if t.method in ("bias", "freeze"):
-        train_only(model, trainable_selector(t, model.config.num_hidden_layers))
+        train_only(model, trainable_selector(t, decoder_layers(model)))
         if t.method == "bias" and trainable_count(model) == 0:
             raise FtuiError(*bias_refusal(model.config.model_type))
     return model

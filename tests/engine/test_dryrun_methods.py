@@ -70,3 +70,22 @@ def test_dry_run_declines_bias_on_a_model_without_biases() -> None:
     result = dry_run_or_decline(resolve_model("llama-3.2-1b"), TrainingConfig(method="bias"))
     assert isinstance(result, DryRunDeclined)
     assert "has none" in result.reason and "(BitFit)" in result.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "freeze"])
+def test_multimodal_model_runs_methods_that_count_its_layers(method: str) -> None:
+    """Gemma 3 (image + text) keeps its decoder layers in the text config: LoRA and freeze
+    tuning set up and run, training what the planner counts."""
+    from engine.models import ModelArch
+    from engine.plan.dryrun.coverage import small_config
+    from engine.plan.dryrun.entry import DryRunDeclined, dry_run_or_decline
+    from engine.plan.params import param_roles
+
+    config, _ = small_config("gemma3")
+    arch = ModelArch(name="gemma3-small", source="dir", config=config)
+    param_roles(arch)  # the planner counts the real model (towers included), as `ftui plan` does
+    training = TrainingConfig(method=method, seq_len=128, trainable_layers=1)
+    dry = dry_run_or_decline(arch, training)
+    assert not isinstance(dry, DryRunDeclined), dry.reason
+    assert dry.trainable_params == estimate_memory(arch, training).params.trainable

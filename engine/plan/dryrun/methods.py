@@ -12,7 +12,13 @@ from typing import Any
 
 from engine.errors import FtuiError
 from engine.plan.methods import bias_refusal
-from engine.plan.peft_setup import peft_config, train_only, trainable_count, trainable_selector
+from engine.plan.peft_setup import (
+    decoder_layers,
+    peft_config,
+    train_only,
+    trainable_count,
+    trainable_selector,
+)
 from engine.training_config import TrainingConfig
 
 
@@ -24,7 +30,7 @@ def apply_method(model: Any, config: TrainingConfig, notes: list[str], error: An
 
     if config.method in ("bias", "freeze"):
         try:
-            trains = trainable_selector(config, model.config.num_hidden_layers)
+            trains = trainable_selector(config, decoder_layers(model))
         except FtuiError as exc:  # more --trainable-layers than the model has
             raise error(exc.message, exc.fix) from exc
         train_only(model, trains)
