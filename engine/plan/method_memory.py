@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from engine.models import ModelArch
-from engine.plan.counts import ParamCounts, count_params
+from engine.plan.counts import ParamCounts, count_params, tower_params
 from engine.plan.hostmem import host_memory
 from engine.training_config import TrainingConfig
 
@@ -274,6 +274,7 @@ def family_memory(
         notes.append("LLM.int8 base: int8 weights + fp32 row scales; each linear keeps its input")
     else:
         decoder = base.total - base.embedding - base.lm_head - h  # less the final norm
+        decoder -= tower_params(arch)  # freeze's top layers are the decoder's, not a tower's
         shape = method_shape(arch, config, decoder // max(n_layers, 1))
         own = shape.adapter == 0  # bias / freeze train the model's own weights
         params = ParamCounts(
