@@ -176,21 +176,59 @@ def layer_kinds(arch: ModelArch) -> tuple[LayerKind, ...]:
 # -- bytes per token, per kind -----------------------------------------------------------------
 
 
+def runs_eager(arch: ModelArch, config: TrainingConfig) -> bool:
+    """Whether attention runs transformers' eager code: asked for, or no fused kernel for it."""
+    roles = attached_roles(arch)
+    return config.attn == "eager" or (
+        roles is not None and config.attn not in roles.attention_kernels
+    )
+
+
 def attention_scores_bytes(arch: ModelArch, config: TrainingConfig, b: int, keys: int) -> float:
     """Per token per layer: eager attention keeps the softmax probabilities (fp32 and a
-    compute-dtype copy) for every key it sees; sdpa/flash keep only a log-sum-exp per head."""
-    roles = attached_roles(arch)
-    if config.attn == "eager" or (roles is not None and config.attn not in roles.attention_kernels):
-        return arch.num_heads * keys * (4 + b)  # no fused kernel for it: transformers runs eager
+    compute-dtype copy) for every key it sees, and with logit softcapping (Gemma 2) the tanh's
+    output too; sdpa/flash keep only a log-sum-exp per head."""
+    if runs_eager(arch, config):
+        softcap = b if _cfg(arch).get("attn_logit_softcapping") else 0
+        return arch.num_heads * keys * (4 + b + softcap)
     return arch.num_heads * 4
 
 
-def _attention(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+def _window_masked(arch: ModelArch, config: TrainingConfig) -> bool:
+    """Whether SDPA gets a materialised mask: transformers lets it use `is_causal` and builds
+    none unless a sliding window is no longer than the sequence (masking_utils'
+    _ignore_causal_mask_sdpa); FlashAttention never takes one."""
+    window = _cfg(arch).get("sliding_window")
+    if config.attn != "sdpa" or not isinstance(window, int) or isinstance(window, bool):
+        return False
+    return 0 < window <= config.seq_len and SLIDING in {k.mixer for k in layer_kinds(arch)}
+
+
+def mask_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Per token: the attention masks transformers materialises once per forward and keeps
+    until the backward ends, batch x seq x seq each, one per kind of attention layer. Eager
+    attention always gets an additive mask in the hidden states' dtype; SDPA a boolean one
+    only for sliding windows within the sequence."""
+    mixers = {k.mixer for k in layer_kinds(arch)}
+    kinds = len(mixers & {ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID})
+    if not kinds:
+        return 0.0
+    if runs_eager(arch, config):
+        mixed = config.method == "full" and config.dtype != "fp32" and not config.pure_bf16
+        return kinds * config.seq_len * (4 if mixed else b)
+    return config.seq_len if _window_masked(arch, config) else 0.0
+
+
+def _attention(arch: ModelArch, config: TrainingConfig, b: int, kind: str = ATTENTION) -> float:
     h = arch.hidden_size
     qd = arch.num_heads * arch.head_dim
     kvd = arch.num_kv_heads * arch.head_dim
     # q (post-RoPE), k (post-RoPE), v and the attention output, which sdpa/flash save.
     total = b * (2 * qd + 2 * kvd) + attention_scores_bytes(arch, config, b, config.seq_len)
+    if _window_masked(arch, config) and kind == SLIDING:
+        # the memory-efficient kernel saves the boolean mask turned into an additive bias of
+        # the query's dtype (torch's convert_boolean_attn_mask), one per layer
+        total += b * config.seq_len
     if config.method == "full":
         total += b * h + b * qd  # inputs of q/k/v (the norm output) and of o_proj
     return total
@@ -328,7 +366,7 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
     if kind.mixer in (ATTENTION, SLIDING):
         # a sliding window saves what full attention saves: flash/sdpa keep no scores, and
         # eager attention computes every key's score and masks those outside the window
-        total += _attention(arch, config, b)
+        total += _attention(arch, config, b, kind.mixer)
     elif kind.mixer in (MLA, SPARSE_MLA):
         total += _mla(arch, config, b)
     elif kind.mixer == MAMBA2:
@@ -428,4 +466,5 @@ def stack_activations(arch: ModelArch, config: TrainingConfig, b: int) -> StackA
         )
         for kind in counts
     )
-    return StackActivations(total, largest, tuple(counts.items()))
+    masks = mask_bytes(arch, config, b)
+    return StackActivations(total + masks, largest + masks, tuple(counts.items()))

@@ -109,3 +109,46 @@ def test_the_analytic_estimate_follows_each_kind_of_layer(model_type: str, metho
         analytic = estimate_memory(arch, training).allocated_bytes
         error = (analytic - dry.peak_allocated_bytes) / dry.peak_allocated_bytes
         assert abs(error) < 0.10, f"{model_type} {method} at {seq_len} tokens: {error:+.1%}"
+
+
+# Models whose attention gets a mask or dropout: GPT-2 (attention dropout 0.1, which CPU's
+# flash kernel lacks and CUDA's has) and Gemma 2 (eager attention with logit softcapping and a
+# materialised mask). The dry run follows CUDA's kernels, so its peak no longer grows with the
+# square of the sequence where a GPU's does not; the analytic tier counts what remains.
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma2"])
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_masked_and_dropout_attention_agree_with_the_dry_run(model_type: str, method: str) -> None:
+    from engine.plan.dryrun.entry import dry_run
+
+    config, _ = small_config(model_type)
+    arch = ModelArch(name=model_type, source="dir", config=config)
+    param_roles(arch)
+    for seq_len in (128, 512):
+        training = TrainingConfig(method=method, pure_bf16=method == "full", seq_len=seq_len)
+        dry = dry_run(arch, training)
+        analytic = estimate_memory(arch, training).allocated_bytes
+        error = (analytic - dry.peak_allocated_bytes) / dry.peak_allocated_bytes
+        assert abs(error) < 0.10, f"{model_type} {method} at {seq_len} tokens: {error:+.1%}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model_type", "seq_len"), [("mixtral", 512), ("qwen3_moe", 128)])
+def test_all_linear_lora_on_fused_experts_is_planned_as_peft_makes_it(
+    model_type: str, seq_len: int
+) -> None:
+    """PEFT's all-linear also adapts transformers 5's fused 3-D experts and routers (what the
+    expert and router Linears of transformers 4 were): the plan trains exactly what the run
+    trains and holds what it holds."""
+    from engine.plan.dryrun.entry import dry_run
+
+    config, _ = small_config(model_type)
+    arch = ModelArch(name=model_type, source="dir", config=config)
+    roles = param_roles(arch)
+    assert roles is not None and roles.parameter_lora > 0
+    training = TrainingConfig(method="lora", seq_len=seq_len)
+    dry = dry_run(arch, training)
+    analytic = estimate_memory(arch, training)
+    assert analytic.params.trainable == dry.trainable_params
+    difference = (analytic.allocated_bytes - dry.peak_allocated_bytes) / dry.peak_allocated_bytes
+    assert abs(difference) <= 0.10, f"analytic {difference:+.1%} vs dry run"

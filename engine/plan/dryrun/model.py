@@ -2,7 +2,8 @@
 
 `build_model` builds the model from its config.json the way a Hugging Face Trainer run sets it
 up: weights dtype (fp32 master weights under autocast for mixed-precision full, bias and
-freeze runs), attention implementation (FlashAttention-2 as a mask-free SDPA stand-in), the
+freeze runs), attention implementation (FlashAttention-2 as a mask-free SDPA stand-in; SDPA
+with a mask as CUDA's memory-efficient kernel runs it, engine/plan/dryrun/sdpa.py), the
 4-bit stand-in for QLoRA (engine/plan/dryrun/bnb.py; 8-bit: int8.py), the method as a real run
 sets it up (engine/plan/dryrun/methods.py), then non-reentrant gradient checkpointing.
 Everything stays on `meta`: the driver (engine/plan/dryrun/entry.py) materialises it as fake
@@ -72,6 +73,13 @@ def build_model(arch: ModelArch, config: TrainingConfig, notes: list[str]) -> Mo
             "flash_attention_2 simulated with SDPA's CPU flash kernel (it saves the same "
             "tensors), with no mask materialised, as FlashAttention takes none"
         )
+    elif attn == "sdpa":
+        from engine.plan.dryrun.sdpa import register_masked_sdpa
+
+        register_masked_sdpa()  # a mask takes CUDA's memory-efficient kernel, not CPU's math
+    from engine.plan.dryrun.sdpa import unpacked_sequences
+
+    unpacked_sequences()  # no mask where transformers builds none on a GPU
 
     model = _from_config(arch, weights_dtype, attn, notes)
     model.train()
