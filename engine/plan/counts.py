@@ -15,6 +15,7 @@ from engine.plan.params import (
     attached_roles,
     idle_trainable,
     lora_param_count,
+    parameter_lora,
 )
 from engine.training_config import TrainingConfig
 
@@ -168,7 +169,14 @@ def stack_notes(arch: ModelArch, config: TrainingConfig) -> list[str]:
     if roles is None or not roles.expert_tensors or not config.is_peft:
         return []
     billions = roles.expert_tensors / 1e9
-    notes = [f"LoRA does not adapt the fused expert tensors ({billions:.1f}B parameters)"]
+    adapters = parameter_lora(roles, config)
+    if adapters:
+        notes = [
+            f"all-linear LoRA adapts the fused expert tensors ({billions:.1f}B parameters) and "
+            f"routers too, as PEFT maps them: {adapters / 1e6:.1f}M adapter parameters"
+        ]
+    else:
+        notes = [f"LoRA does not adapt the fused expert tensors ({billions:.1f}B parameters)"]
     if config.method == "qlora":
         notes.append(
             f"bitsandbytes quantises Linear layers only: the {billions:.1f}B expert parameters "

@@ -27,6 +27,7 @@ from engine.plan.counts import (
     stack_notes,
 )
 from engine.plan.hostmem import HostMemory, host_memory
+from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
 from engine.plan.params import attached_roles, closed_form_reason, lora_saved_input_bytes
 from engine.training_config import PLANNED_METHODS, PREFERENCE_STAGES, TrainingConfig
 
@@ -351,9 +352,13 @@ def estimate_memory(
         saved: float = n_layers * residual * h * tokens
         at_loss = saved + logits
         working = largest_layer * tokens + 4 * residual * h * tokens + cast_weights
+        if roles is not None:  # LoRA on fused experts: W + BA of the layer backward runs
+            working += parameter_lora_transient_bytes(roles, config, b)
         at_recompute = saved + working
     else:
         saved = n_layers * (per_layer * tokens + cast_weights) + 2 * residual * h * tokens
+        if roles is not None:
+            saved += parameter_lora_saved_bytes(roles, config, b)
         at_loss = saved + logits
         at_recompute = 0.0
 

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from engine.paths import ftui_cache
 from engine.training_config import ALL_LINEAR, TrainingConfig
 
 # Bump when what is counted changes: old cache entries are then ignored.
-SCHEMA = 4
+SCHEMA = 7
 ROLES = (
     "embedding",  # input (and position) embeddings
     "lm_head",  # the output head when it is not tied to the embeddings
@@ -89,6 +89,16 @@ class ParamRoles:
     # parameters whose only output is non-differentiable (DeepSeek sparse attention's
     # indexer picks top-k indices): training never gives them a gradient
     no_gradient: int = 0
+    # LoRA parameters per unit of rank that PEFT's all-linear puts on parameters rather than
+    # Linear modules: transformers 5's fused 3-D experts and MoE routers (PEFT maps the v4
+    # expert and router Linears to them; see engine/plan/param_lora.py)
+    parameter_lora: int = 0
+    # what those adapters wrap: the parameters' elements and the layers holding them
+    parameter_lora_weights: int = 0
+    parameter_lora_layers: int = 0
+    # their input widths summed over layers: experts' (each token visits k) and routers'
+    parameter_lora_expert_inputs: int = 0
+    parameter_lora_router_inputs: int = 0
 
     def role(self, name: str) -> int:
         return self.roles.get(name, 0)
@@ -116,6 +126,11 @@ class ParamRoles:
             checkpointing=bool(data.get("checkpointing", True)),
             attention_kernels=tuple(data.get("attention_kernels", ("sdpa", "flash_attention_2"))),
             no_gradient=int(data.get("no_gradient", 0)),
+            parameter_lora=int(data.get("parameter_lora", 0)),
+            parameter_lora_weights=int(data.get("parameter_lora_weights", 0)),
+            parameter_lora_layers=int(data.get("parameter_lora_layers", 0)),
+            parameter_lora_expert_inputs=int(data.get("parameter_lora_expert_inputs", 0)),
+            parameter_lora_router_inputs=int(data.get("parameter_lora_router_inputs", 0)),
         )
 
 
@@ -259,7 +274,13 @@ def lora_param_count(roles: ParamRoles, config: TrainingConfig | None) -> int:
         total += config.rank * (group.in_features + group.out_features)
         if config.dora:
             total += group.out_features  # magnitude vector
-    return total
+    return total + parameter_lora(roles, config)
+
+
+def parameter_lora(roles: ParamRoles, config: TrainingConfig) -> int:
+    """LoRA on fused expert tensors and routers: PEFT's all-linear only (an explicit list of
+    Linear names leaves them alone)."""
+    return config.rank * roles.parameter_lora if ALL_LINEAR in config.targets else 0
 
 
 def idle_trainable(roles: ParamRoles, config: TrainingConfig | None) -> int:
@@ -295,6 +316,13 @@ def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingC
         if config.dora:
             per += 4 * group.out_features
         total += share * per / layers
+    if parameter_lora(roles, config):
+        # W + BA needs a gradient, so the experts' and routers' matmuls keep their inputs
+        # (in the compute dtype; each token visits k experts)
+        b = 4 if config.dtype == "fp32" else 2
+        k = arch.experts_per_token if arch.num_experts else 1
+        inputs = k * roles.parameter_lora_expert_inputs + roles.parameter_lora_router_inputs
+        total += b * inputs / layers
     return total
 
 
@@ -405,7 +433,20 @@ def count_on_meta(config: dict[str, Any], version: str = "") -> ParamRoles:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_on_meta(config)
-    return roles_of_model(model, version)
+        roles = roles_of_model(model, version)
+        if roles.expert_tensors:
+            from engine.plan.param_lora import parameter_lora_per_rank
+
+            per_rank, weights, layers, expert_inputs, router_inputs = parameter_lora_per_rank(model)
+            roles = replace(
+                roles,
+                parameter_lora=per_rank,
+                parameter_lora_weights=weights,
+                parameter_lora_layers=layers,
+                parameter_lora_expert_inputs=expert_inputs,
+                parameter_lora_router_inputs=router_inputs,
+            )
+    return roles
 
 
 def roles_of_model(model: Any, version: str = "") -> ParamRoles:
