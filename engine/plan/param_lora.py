@@ -16,19 +16,29 @@ from engine.plan.params import ParamRoles, parameter_lora
 from engine.training_config import TrainingConfig
 
 
-def parameter_lora_per_rank(model: Any) -> tuple[int, int, int, int, int]:
+def parameter_lora_per_rank(model: Any) -> tuple[int, int, int, int, int, frozenset[str]]:
     """LoRA parameters per unit of rank on parameters, as ftui's all-linear LoRA (PEFT) makes
     them on this model: PEFT maps transformers 4's expert and router Linears onto transformers
     5's fused 3-D expert tensors and routers (`target_parameters`, rank 2r on a fused
     gate_up_proj), each a ParamWrapper holding A (r*E x in) and B (out x r*E). Applies
     PEFT to `model` (a meta model counted already). Also the wrapped parameters' elements,
     how many layers hold them and their input widths (experts', routers'): ParamRoles'
-    parameter_lora* fields in that order; zeros without peft or when PEFT refuses."""
+    parameter_lora* fields in that order; zeros without peft or when PEFT refuses. Last, the
+    Linear names PEFT then no longer adapts: the list it rewrites drops every module named
+    like a transformers-4 expert projection (a shared expert's or a dense layer's
+    gate_proj / up_proj / down_proj)."""
     import torch
 
+    from engine.plan.params import adaptable_linear
     from engine.plan.peft_setup import lora_config
     from engine.training_config import TrainingConfig
 
+    output = model.get_output_embeddings()
+    linears = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and module is not output and adaptable_linear(module)
+    }
     try:
         from peft import get_peft_model
 
@@ -36,11 +46,14 @@ def parameter_lora_per_rank(model: Any) -> tuple[int, int, int, int, int]:
         with torch.device("meta"):
             peft_model = get_peft_model(model, config)
     except Exception:  # peft missing or refusing: the dry run says so
-        return 0, 0, 0, 0, 0
+        return 0, 0, 0, 0, 0, frozenset()
     total = weights = expert_inputs = router_inputs = 0
     layers: set[str] = set()
+    adapted: set[str] = set()
     for name, module in peft_model.named_modules():
-        if type(module).__name__ == "ParamWrapper":
+        if hasattr(module, "lora_A") and type(module).__name__ != "ParamWrapper":
+            adapted.add(name.rsplit(".", 1)[-1])
+        elif type(module).__name__ == "ParamWrapper":
             for factor in (module.lora_A, module.lora_B):
                 total += sum(p.numel() for p in factor.parameters())
             weights += module.get_param().numel()
@@ -49,7 +62,8 @@ def parameter_lora_per_rank(model: Any) -> tuple[int, int, int, int, int]:
                 expert_inputs += module.in_features
             else:
                 router_inputs += module.in_features
-    return total, weights, len(layers), expert_inputs, router_inputs
+    dropped = frozenset(linears - adapted) if total else frozenset()
+    return total, weights, len(layers), expert_inputs, router_inputs, dropped
 
 
 _LAYER_INDEX = re.compile(r"^(.*?\.\d+)\..*$")

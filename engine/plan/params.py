@@ -30,7 +30,7 @@ from engine.paths import ftui_cache
 from engine.training_config import ALL_LINEAR, TrainingConfig
 
 # Bump when what is counted changes: old cache entries are then ignored.
-SCHEMA = 7
+SCHEMA = 9
 ROLES = (
     "embedding",  # input (and position) embeddings
     "lm_head",  # the output head when it is not tied to the embeddings
@@ -361,7 +361,8 @@ def adaptable_linear(module: Any) -> bool:
     kind = type(module).__name__
     if kind == "Conv1D":
         return True
-    return isinstance(module, torch.nn.Linear) and "Router" not in kind
+    grouped = "GroupedLinear" in kind  # DeepSeek-V4's per-group o_a_proj: its own forward
+    return isinstance(module, torch.nn.Linear) and "Router" not in kind and not grouped
 
 
 # PEFT refuses LoRA on these modules of Mamba-style models, even through its own all-linear
@@ -437,9 +438,11 @@ def count_on_meta(config: dict[str, Any], version: str = "") -> ParamRoles:
         if roles.expert_tensors:
             from engine.plan.param_lora import parameter_lora_per_rank
 
-            per_rank, weights, layers, expert_inputs, router_inputs = parameter_lora_per_rank(model)
+            probe = parameter_lora_per_rank(model)
+            per_rank, weights, layers, expert_inputs, router_inputs, dropped = probe
             roles = replace(
                 roles,
+                unadaptable=tuple(sorted(set(roles.unadaptable) | dropped)),
                 parameter_lora=per_rank,
                 parameter_lora_weights=weights,
                 parameter_lora_layers=layers,

@@ -170,8 +170,12 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
         for key, value in _DIMENSIONS.items():
             if isinstance(out.get(key), int) and out[key] > value:
                 out[key] = value
-        if isinstance(out.get("qk_rope_head_dim"), int) and "head_dim" in out:
-            out["head_dim"] = out["qk_rope_head_dim"]  # MLA's head_dim is its rotary part
+        rope, rotary = out.get("qk_rope_head_dim"), out.get("partial_rotary_factor")
+        if isinstance(rope, int) and "head_dim" in out and out.get("kv_lora_rank"):
+            out["head_dim"] = rope  # MLA's head_dim is its rotary part
+        elif isinstance(rope, int) and isinstance(out.get("head_dim"), int) and rotary:
+            # DeepSeek-V4: the rotary part is a fraction of the (shrunk) head
+            out["qk_rope_head_dim"] = int(out["head_dim"] * rotary)
         if out.get("kv_lora_rank"):
             # MLA: keys and values have every query head; qk_head_dim is derived
             out["num_key_value_heads"] = out.get("num_attention_heads", HEADS)
