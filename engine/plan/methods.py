@@ -81,3 +81,24 @@ def check_architecture(method: str, config: dict[str, Any]) -> None:
             f"{', '.join(LLAMA_ADAPTER_TYPES)} models, not {model_type}",
             "use --method prefix (keys and values in every layer) or lora",
         )
+
+
+def check_dora_on_experts(arch: Any, dora: bool, targets: tuple[str, ...]) -> None:
+    """Refuse DoRA where PEFT's all-linear adapts fused 3-D expert tensors (transformers 5's
+    MoE layers, through PEFT's ParamWrapper, which has no DoRA): the run would fail at PEFT's
+    set-up. Only asks the parameter counts (cached; the meta model at worst) when DoRA and
+    all-linear are both asked for."""
+    from engine.errors import FtuiError
+    from engine.training_config import ALL_LINEAR
+
+    if not dora or ALL_LINEAR not in targets or not getattr(arch, "is_moe", False):
+        return
+    from engine.plan.params import param_roles
+
+    roles = param_roles(arch)
+    if roles is not None and roles.parameter_lora:
+        raise FtuiError(
+            f"--dora with all-linear on {arch.name}: PEFT puts LoRA on its fused expert tensors "
+            "and router, and DoRA cannot adapt parameters (only Linear modules)",
+            "drop --dora, or adapt attention only: --targets q_proj,k_proj,v_proj,o_proj",
+        )

@@ -240,6 +240,12 @@ def check_method(spec: RunSpec) -> None:
     config = read_json(Path(spec.model_path or "") / "config.json")
     if config:
         check_architecture(spec.training.method, config)
+        if spec.training.dora:
+            from engine.models import resolve_model
+            from engine.plan.methods import check_dora_on_experts
+
+            arch = resolve_model(str(spec.model_path))
+            check_dora_on_experts(arch, True, spec.training.targets)
     if spec.training.base_bits == 8 and importlib.util.find_spec("bitsandbytes") is None:
         raise FtuiError(
             "--base-bits 8 loads the base through bitsandbytes' LLM.int8, not installed",

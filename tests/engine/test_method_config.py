@@ -54,3 +54,19 @@ def test_bias_ia3_and_llama_adapter_need_their_architectures() -> None:
     check_architecture("ia3", {"model_type": "gemma2"})
     with pytest.raises(FtuiError, match="no default IA3 modules for phi3"):
         check_architecture("ia3", {"model_type": "phi3"})  # PEFT would fail at the first step
+
+
+def test_dora_is_refused_where_all_linear_adapts_fused_experts() -> None:
+    """PEFT's all-linear wraps transformers 5's fused 3-D experts in ParamWrapper, which has
+    no DoRA: refused before anything starts, with the attention-only fix; dense models and
+    an explicit attention list plan as before."""
+    from engine.models import resolve_model
+    from engine.plan.methods import check_dora_on_experts
+
+    mixtral = resolve_model("mixtral-8x7b")
+    with pytest.raises(FtuiError, match="DoRA cannot adapt parameters") as refused:
+        check_dora_on_experts(mixtral, True, ("all-linear",))
+    assert "--targets q_proj,k_proj,v_proj,o_proj" in (refused.value.fix or "")
+    check_dora_on_experts(mixtral, True, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    check_dora_on_experts(mixtral, False, ("all-linear",))
+    check_dora_on_experts(resolve_model("qwen2.5-7b"), True, ("all-linear",))
