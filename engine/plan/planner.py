@@ -26,9 +26,9 @@ from engine.plan.corrections import (
 )
 from engine.plan.estimator import GIB, MemoryEstimate, estimate_memory
 from engine.plan.hostmem import HOST_HEADROOM, gpus_per_node, host_ram_fits
-from engine.plan.params import param_roles
+from engine.plan.params import attached_roles, lora_param_count, param_roles
 from engine.plan.throughput import SPEED_BAND, tokens_per_s
-from engine.training_config import ConfigError, TrainingConfig
+from engine.training_config import ALL_LINEAR, ConfigError, TrainingConfig
 from profiles import GpuProfile, gpu_profiles
 
 QUALITY_RISK = {"full": 0, "lora": 1, "qlora": 2}
@@ -313,6 +313,19 @@ def fully_pinned(pinned: dict[str, Any], gpu_count: int) -> bool:
     return all(name in pinned for name in needed)
 
 
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _experts_left_out(arch: ModelArch, config: TrainingConfig) -> TrainingConfig | None:
+    """`config` with LoRA on attention only, where all-linear also adapts this MoE's fused
+    expert tensors (PEFT's mapping) and the model has q/k/v/o projections; else None."""
+    roles = attached_roles(arch) if arch.is_moe else None
+    if roles is None or not roles.parameter_lora:
+        return None
+    attention = config.with_changes(targets=ATTENTION_TARGETS, dora=False)
+    return attention if lora_param_count(roles, attention) > 0 else None
+
+
 def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
     """What would make `config` fit: fewer tokens, QLoRA, more GPUs, offload, a bigger GPU."""
     out: list[str] = []
@@ -345,6 +358,12 @@ def suggest(request: PlanRequest, config: TrainingConfig) -> list[str]:
         q = q.with_changes(offload="none", num_gpus=min(config.num_gpus, request.machine.count))
         if fits(q):
             out.append("use QLoRA (--method qlora): 4-bit base weights")
+    attention = _experts_left_out(request.arch, config) if ALL_LINEAR in config.targets else None
+    if config.is_peft and attention is not None and fits(attention):
+        out.append(
+            "leave the experts' LoRA out (all-linear adapts the fused experts): "
+            f"--targets {','.join(ATTENTION_TARGETS)}"
+        )
     for seq in (4096, 2048, 1024, 512):
         if seq >= config.seq_len:
             continue

@@ -196,3 +196,15 @@ def test_the_peft_family_is_planned_with_its_own_memory(cli_env: dict[str, str])
     weights = {m: out["memory"]["breakdown_gib"]["weights"] for m, out in plans.items()}
     assert weights["bias"] == pytest.approx(2 * weights["ia3"], rel=0.02)  # fp32 vs bf16
     assert any("virtual" in n or "keys and values" in n for n in plans["prefix"]["memory"]["notes"])
+
+
+def test_an_moe_that_fits_only_without_its_experts_lora_says_so(cli_env: dict[str, str]) -> None:
+    """all-linear adapts Qwen3-30B-A3B's fused experts (~1B adapter parameters): on an
+    A100-80GB nothing fits, and the suggestion names the attention-only targets, which do."""
+    args = ["--model", "qwen3-30b-a3b", "--method", "qlora", "--simulate", "a100-80gb"]
+    refused = plan_json(args, cli_env)
+    assert not refused["fits"]
+    hint = [s for s in refused["suggestions"] if "experts" in s]
+    assert hint and hint[0].endswith("--targets q_proj,k_proj,v_proj,o_proj")
+    attention = plan_json([*args, "--targets", "q_proj,k_proj,v_proj,o_proj"], cli_env)
+    assert attention["fits"] and attention["config"]["targets"] == "q_proj,k_proj,v_proj,o_proj"
