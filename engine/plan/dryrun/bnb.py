@@ -24,18 +24,27 @@ BNB_PAGED_MIN_NUMEL = 100_000  # smaller paged states are ordinary device tensor
 # -- QLoRA: a stand-in for bitsandbytes' Linear4bit ------------------------------------------------
 
 
-def quantize_4bit(model: Any, compute_dtype: Any, double_quant: bool, notes: list[str]) -> None:
-    """Swap every nn.Linear but the output head for the 4-bit stand-in (as transformers does)."""
+def swap_linears(model: Any, make: Any) -> int:
+    """Replace every plain nn.Linear but the output head by `make(linear)`, as transformers'
+    bitsandbytes integration does; how many were swapped."""
     import torch
 
-    linear4bit = _qlora_parts().Linear4bit
     output = model.get_output_embeddings()
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear and child is not output:
-                setattr(parent, name, linear4bit.from_linear(child, compute_dtype, double_quant))
+                setattr(parent, name, make(child))
                 swapped += 1
+    return swapped
+
+
+def quantize_4bit(model: Any, compute_dtype: Any, double_quant: bool, notes: list[str]) -> None:
+    """Swap every nn.Linear but the output head for the 4-bit stand-in (as transformers does)."""
+    linear4bit = _qlora_parts().Linear4bit
+    swapped = swap_linears(
+        model, lambda child: linear4bit.from_linear(child, compute_dtype, double_quant)
+    )
     big_float_3d = [
         name
         for name, p in model.named_parameters()

@@ -26,16 +26,9 @@ from engine.plan.method_memory import INT8_OUTLIER_FRACTION
 
 def quantize_8bit(model: Any, notes: list[str]) -> None:
     """Swap every nn.Linear but the output head for the int8 stand-in (as transformers does)."""
-    import torch
+    from engine.plan.dryrun.bnb import swap_linears
 
-    linear8bit = _int8_parts().Linear8bitLt
-    output = model.get_output_embeddings()
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child is not output:
-                setattr(parent, name, linear8bit.from_linear(child))
-                swapped += 1
+    swapped = swap_linears(model, _int8_parts().Linear8bitLt.from_linear)
     notes.append(
         f"8-bit layers simulated: {swapped} linear layers as LLM.int8 (int8 weights, fp32 row "
         f"scales; {INT8_OUTLIER_FRACTION:.0%} of input columns taken as outliers)"
