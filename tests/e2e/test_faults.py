@@ -218,6 +218,9 @@ def test_a_held_run_lock_times_out_with_a_message(cli_env: dict[str, str]) -> No
 # -- live runs ------------------------------------------------------------------------------------
 
 TRAIN = ("--batch", "2", "--lr", "5e-3", "--seq-len", "64", "--save-steps", "4")
+ONCE_STEPS = 120  # `once` is resumed and completes: long enough that a stop at step 5 lands first
+ENDLESS = "100000"  # the other runs are stopped or killed by their tests, never completed: no
+# test can find its run already finished, however fast the machine trains
 GRACE = "4"  # FTUI_STOP_GRACE_SECONDS for the runs whose trainer is frozen (a healthy trainer
 # may need longer than this to exit, under load)
 
@@ -234,11 +237,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
            "HF_HUB_OFFLINE": "1"}  # fmt: skip
     short = {**env, "FTUI_STOP_GRACE_SECONDS": GRACE}
     runs = {
-        "once": launch(env, model, data, "--max-steps", "24", *TRAIN),
-        "thrice": launch(env, model, data, "--max-steps", "400", *TRAIN),
-        "frozen": launch(short, model, data, "--max-steps", "400", *TRAIN),
-        "orphan": launch(env, model, data, "--max-steps", "400", *TRAIN),
-        "orphan_frozen": launch(env, model, data, "--max-steps", "400", *TRAIN),
+        "once": launch(env, model, data, "--max-steps", str(ONCE_STEPS), *TRAIN),
+        "thrice": launch(env, model, data, "--max-steps", ENDLESS, *TRAIN),
+        "frozen": launch(short, model, data, "--max-steps", ENDLESS, *TRAIN),
+        "orphan": launch(env, model, data, "--max-steps", ENDLESS, *TRAIN),
+        "orphan_frozen": launch(env, model, data, "--max-steps", ENDLESS, *TRAIN),
     }
     yield {"env": env, "short_grace": short, **runs}
     for run in runs.values():  # nothing outlives the tests
@@ -274,9 +277,11 @@ def test_stop_now_once_or_three_times_ends_stopped_then_two_resumes_start_one_tr
     live: dict[str, Any],
 ) -> None:
     env, once, thrice = live["env"], live["once"], live["thrice"]
-    wait_for(lambda: _step_reached(once, 5) and _step_reached(thrice, 5), what="five steps")
+    # each is stopped as soon as it has trained five steps (they start at different times)
+    wait_for(lambda: _step_reached(once, 5), what="five steps")
     out = ftui(["stop", once.run_id, "--now"], env)
     assert out.returncode == 0, out.stderr
+    wait_for(lambda: _step_reached(thrice, 5), what="five steps")
     quick = [subprocess.Popen([*ftui_executable(), "stop", thrice.run_id, "--now"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]  # fmt: skip
@@ -286,7 +291,7 @@ def test_stop_now_once_or_three_times_ends_stopped_then_two_resumes_start_one_tr
     for run in (once, thrice):
         state = wait_final(run, env, timeout=120)
         _assert_stopped_resumable(run, state)
-        assert state["last_checkpoint_step"] < 24
+        assert state["last_checkpoint_step"] < ONCE_STEPS
         assert not [e for e in events(run) if e["event"] == "killed_after_grace"]
 
     # Two resumes at the same moment: exactly one starts a trainer.
@@ -304,7 +309,7 @@ def test_stop_now_once_or_three_times_ends_stopped_then_two_resumes_start_one_tr
     assert [e["event"] for e in after].count("supervisor_started") == 1
     assert [e["event"] for e in after].count("train_begin") == 1
     steps = [s for s, _ in losses(once)]
-    assert steps == sorted(set(steps)) and steps[-1] == 24  # one history, no duplicates
+    assert steps == sorted(set(steps)) and steps[-1] == ONCE_STEPS  # one history, no duplicates
 
 
 @pytest.mark.slow
