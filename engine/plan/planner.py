@@ -157,8 +157,12 @@ def candidate_configs(request: PlanRequest) -> Iterator[TrainingConfig]:
     effective = request.effective_batch or DEFAULT_EFFECTIVE_BATCH
     methods = _choices("method", pinned, ("full", "lora", "qlora"))
     gpu_counts = _choices("num_gpus", pinned, (n_max,))
+    roles = attached_roles(request.arch)
+    # a model class without gradient checkpointing (CTRL, CPM-Ant) would fail at the Trainer's
+    # set-up with it: never recommended (pinned, the estimate leaves it out and says so)
+    checkpointing = (True, False) if roles is None or roles.checkpointing else (False,)
     for method, num_gpus, grad_ckpt in itertools.product(
-        methods, gpu_counts, _choices("grad_ckpt", pinned, (True, False))
+        methods, gpu_counts, _choices("grad_ckpt", pinned, checkpointing)
     ):
         shardings = ("none", "zero2", "zero3", "fsdp") if num_gpus > 1 else ("none",)
         for sharding in _choices("sharding", pinned, shardings):

@@ -246,10 +246,26 @@ def check_method(spec: RunSpec) -> None:
 
             arch = resolve_model(str(spec.model_path))
             check_dora_on_experts(arch, True, spec.training.targets)
+        if spec.training.grad_ckpt:
+            check_checkpointing(str(spec.model_path))
     if spec.training.base_bits == 8 and importlib.util.find_spec("bitsandbytes") is None:
         raise FtuiError(
             "--base-bits 8 loads the base through bitsandbytes' LLM.int8, not installed",
             "pip install bitsandbytes, or drop --base-bits 8",
+        )
+
+
+def check_checkpointing(model_path: str) -> None:
+    """A model class without gradient checkpointing (CTRL, CPM-Ant, GPT-NeoX-Japanese) fails
+    at the Trainer's set-up when asked for it: refused before anything starts."""
+    from engine.models import resolve_model
+    from engine.plan.params import param_roles
+
+    roles = param_roles(resolve_model(model_path))  # cached per config by `ftui plan`
+    if roles is not None and not roles.checkpointing:
+        raise FtuiError(
+            f"{roles.model_class or 'this model'} does not support gradient checkpointing",
+            "pass --no-grad-ckpt (ftui plan never recommends checkpointing for it)",
         )
 
 

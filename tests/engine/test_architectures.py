@@ -17,7 +17,7 @@ from engine.machine.fakenvml import parse_simulate_spec
 from engine.models import ModelArch, check_causal_lm, resolve_model
 from engine.plan.estimator import count_params, estimate_memory
 from engine.plan.params import closed_form_reason, hf_config, param_roles
-from engine.plan.planner import Machine, PlanRequest, plan
+from engine.plan.planner import Machine, PlanRequest, candidate_configs, plan
 from engine.training_config import TrainingConfig
 
 pytest.importorskip("torch")
@@ -183,3 +183,24 @@ def test_a_model_without_gradient_checkpointing_is_estimated_without_it() -> Non
             llama, TrainingConfig(method="lora", seq_len=512, grad_ckpt=False)
         ).allocated_bytes
     )
+
+
+def test_a_model_without_gradient_checkpointing_is_never_planned_or_launched_with_it(
+    tmp_path: Path,
+) -> None:
+    from engine.plan.dryrun.coverage import small_config
+    from engine.run.preflight import check_checkpointing
+
+    config, _ = small_config("ctrl")
+    folder = tmp_path / "ctrl"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    request = PlanRequest(resolve_model(str(folder)), machine("h100"))
+    result = plan(request)
+    assert result.best is not None and not result.best.config.grad_ckpt
+    assert not any(c.grad_ckpt for c in candidate_configs(request))  # not even tried
+    with pytest.raises(FtuiError) as refused:  # launch with --grad-ckpt: refused up front
+        check_checkpointing(str(folder))
+    assert "does not support gradient checkpointing" in refused.value.message
+    assert "--no-grad-ckpt" in refused.value.fix
+    check_checkpointing(str(saved_default_config("llama", tmp_path / "llama", num_hidden_layers=2)))
