@@ -102,3 +102,24 @@ def check_dora_on_experts(arch: Any, dora: bool, targets: tuple[str, ...]) -> No
             "and router, and DoRA cannot adapt parameters (only Linear modules)",
             "drop --dora, or adapt attention only: --targets q_proj,k_proj,v_proj,o_proj",
         )
+
+
+def check_fused_targets(arch: Any, targets: tuple[str, ...]) -> None:
+    """An explicit --targets list naming some but not all of the transformers-4 expert
+    projections PEFT fuses into one parameter on this MoE (gate_proj and up_proj into
+    gate_up_proj): PEFT refuses it at set-up, so it is refused before anything starts."""
+    from engine.errors import FtuiError
+
+    if not getattr(arch, "is_moe", False):
+        return
+    from engine.plan.params import param_roles, partly_fused_targets
+
+    roles = param_roles(arch)
+    fused, missing = partly_fused_targets(roles, targets) if roles is not None else ("", [])
+    if fused and roles is not None:
+        parts = " and ".join(roles.parameter_lora_fused[fused])
+        raise FtuiError(
+            f"--targets on {arch.name}: PEFT fuses {parts} "
+            f"into the experts' {fused}, and cannot adapt only part of it",
+            f"add {','.join(missing)} to --targets, or leave the experts out",
+        )

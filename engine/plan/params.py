@@ -99,6 +99,13 @@ class ParamRoles:
     # their input widths summed over layers: experts' (each token visits k) and routers'
     parameter_lora_expert_inputs: int = 0
     parameter_lora_router_inputs: int = 0
+    # the same, per wrapped parameter ("gate_up_proj", "down_proj", "gate.weight"): [per
+    # rank, weights, layers, expert inputs, router inputs]; and PEFT's rewrite of a target
+    # list on this model: transformers-4 name -> parameter, and the names fused into one
+    # parameter (a list naming only some of them is refused by PEFT)
+    parameter_lora_parts: dict[str, list[int]] = field(default_factory=dict)
+    parameter_lora_targets: dict[str, str] = field(default_factory=dict)
+    parameter_lora_fused: dict[str, list[str]] = field(default_factory=dict)
 
     def role(self, name: str) -> int:
         return self.roles.get(name, 0)
@@ -131,6 +138,15 @@ class ParamRoles:
             parameter_lora_layers=int(data.get("parameter_lora_layers", 0)),
             parameter_lora_expert_inputs=int(data.get("parameter_lora_expert_inputs", 0)),
             parameter_lora_router_inputs=int(data.get("parameter_lora_router_inputs", 0)),
+            parameter_lora_parts={
+                str(k): [int(x) for x in v] for k, v in data.get("parameter_lora_parts", {}).items()
+            },
+            parameter_lora_targets={
+                str(k): str(v) for k, v in data.get("parameter_lora_targets", {}).items()
+            },
+            parameter_lora_fused={
+                str(k): [str(x) for x in v] for k, v in data.get("parameter_lora_fused", {}).items()
+            },
         )
 
 
@@ -225,9 +241,15 @@ def _read_cache(key: str) -> ParamRoles | None:
         roles = ParamRoles.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return roles if _current(data, roles) else None
+
+
+def _current(data: dict[str, Any], roles: ParamRoles) -> bool:
+    """Whether counts on disk hold everything this version reads."""
     if "no_gradient" not in data:
-        return None  # written before towers, checkpointing and kernels were recorded
-    return roles
+        return False  # written before towers, checkpointing and kernels were recorded
+    # written before LoRA on fused experts was recorded per parameter
+    return not (roles.parameter_lora and not roles.parameter_lora_parts)
 
 
 def _read_seed(key: str) -> ParamRoles | None:
@@ -236,7 +258,10 @@ def _read_seed(key: str) -> ParamRoles | None:
     from engine.plan.param_seed import SEED
 
     data = SEED.get(key)
-    return ParamRoles.from_dict(data) if data is not None else None
+    if data is None:
+        return None
+    roles = ParamRoles.from_dict(data)
+    return roles if _current(data, roles) else None
 
 
 def _write_cache(key: str, roles: ParamRoles) -> None:
@@ -258,12 +283,42 @@ def _write_cache(key: str, roles: ParamRoles) -> None:
 def adapted_groups(roles: ParamRoles, config: TrainingConfig) -> list[LinearGroup]:
     """The Linear modules LoRA adapts: PEFT's all-linear is every Linear but the output head
     (fused 3-D experts are parameters, not Linears: all-linear leaves them alone); an explicit
-    list matches module names."""
+    list matches module names, less those PEFT rewrites onto fused experts on this model
+    (a shared expert's or a dense layer's gate_proj then gets no LoRA: PEFT drops the name)."""
     if ALL_LINEAR in config.targets:
         skip = set(roles.unadaptable)
         return [group for group in roles.linears if group.name not in skip]
-    wanted = set(config.targets)
+    wanted = set(config.targets) - set(roles.parameter_lora_targets)
     return [group for group in roles.linears if group.name in wanted]
+
+
+def fused_target_parts(roles: ParamRoles, config: TrainingConfig) -> list[str]:
+    """The parameters (fused experts, routers) PEFT puts LoRA on for `config`'s targets:
+    every one for all-linear, those an explicit list's transformers-4 names map to."""
+    if not config.is_peft or not roles.parameter_lora_parts:
+        return []
+    if ALL_LINEAR in config.targets:
+        return sorted(roles.parameter_lora_parts)
+    wanted = {
+        roles.parameter_lora_targets[t] for t in config.targets if t in roles.parameter_lora_targets
+    }
+    return sorted(name for name in roles.parameter_lora_parts if _part_of(name, wanted))
+
+
+def _part_of(name: str, wanted: set[str]) -> bool:
+    return any(name == w or name.endswith(f".{w}") or w.endswith(f".{name}") for w in wanted)
+
+
+def partly_fused_targets(roles: ParamRoles, targets: tuple[str, ...]) -> tuple[str, list[str]]:
+    """A fused parameter an explicit list names only some parts of ("", [] when none): PEFT
+    refuses such a list at set-up ("Cannot convert PEFT target(s) ...")."""
+    if ALL_LINEAR in targets:
+        return "", []
+    for fused, parts in sorted(roles.parameter_lora_fused.items()):
+        named = [part for part in parts if part in targets]
+        if named and len(named) < len(parts):
+            return fused, [part for part in parts if part not in targets]
+    return "", []
 
 
 def lora_param_count(roles: ParamRoles, config: TrainingConfig | None) -> int:
@@ -277,10 +332,21 @@ def lora_param_count(roles: ParamRoles, config: TrainingConfig | None) -> int:
     return total + parameter_lora(roles, config)
 
 
+def parameter_lora_share(roles: ParamRoles, config: TrainingConfig) -> list[int]:
+    """What `config`'s LoRA puts on parameters (fused experts, routers), summed over the
+    wrapped parameters: [per rank, weights, layers, expert inputs, router inputs]."""
+    parts = [roles.parameter_lora_parts[name] for name in fused_target_parts(roles, config)]
+    if not parts:
+        return [0, 0, 0, 0, 0]
+    sums = [sum(part[i] for part in parts) for i in range(5)]
+    sums[2] = max(part[2] for part in parts)  # layers holding them, not a sum
+    return sums
+
+
 def parameter_lora(roles: ParamRoles, config: TrainingConfig) -> int:
-    """LoRA on fused expert tensors and routers: PEFT's all-linear only (an explicit list of
-    Linear names leaves them alone)."""
-    return config.rank * roles.parameter_lora if ALL_LINEAR in config.targets else 0
+    """LoRA on fused expert tensors and routers, as PEFT maps all-linear or an explicit list
+    naming transformers 4's expert and router Linears (engine/plan/param_lora.py)."""
+    return config.rank * parameter_lora_share(roles, config)[0]
 
 
 def idle_trainable(roles: ParamRoles, config: TrainingConfig | None) -> int:
@@ -316,13 +382,13 @@ def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingC
         if config.dora:
             per += 4 * group.out_features
         total += share * per / layers
-    if parameter_lora(roles, config):
+    _, _, _, expert_inputs, router_inputs = parameter_lora_share(roles, config)
+    if expert_inputs or router_inputs:
         # W + BA needs a gradient, so the experts' and routers' matmuls keep their inputs
         # (in the compute dtype; each token visits k experts)
         b = 4 if config.dtype == "fp32" else 2
         k = arch.experts_per_token if arch.num_experts else 1
-        inputs = k * roles.parameter_lora_expert_inputs + roles.parameter_lora_router_inputs
-        total += b * inputs / layers
+        total += b * (k * expert_inputs + router_inputs) / layers
     return total
 
 
@@ -439,15 +505,18 @@ def count_on_meta(config: dict[str, Any], version: str = "") -> ParamRoles:
             from engine.plan.param_lora import parameter_lora_per_rank
 
             probe = parameter_lora_per_rank(model)
-            per_rank, weights, layers, expert_inputs, router_inputs, dropped = probe
+            per_rank, weights, layers, expert_inputs, router_inputs = probe.totals
             roles = replace(
                 roles,
-                unadaptable=tuple(sorted(set(roles.unadaptable) | dropped)),
+                unadaptable=tuple(sorted(set(roles.unadaptable) | probe.dropped)),
                 parameter_lora=per_rank,
                 parameter_lora_weights=weights,
                 parameter_lora_layers=layers,
                 parameter_lora_expert_inputs=expert_inputs,
                 parameter_lora_router_inputs=router_inputs,
+                parameter_lora_parts=probe.parts,
+                parameter_lora_targets=probe.targets,
+                parameter_lora_fused=probe.fused,
             )
     return roles
 

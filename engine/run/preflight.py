@@ -240,12 +240,14 @@ def check_method(spec: RunSpec) -> None:
     config = read_json(Path(spec.model_path or "") / "config.json")
     if config:
         check_architecture(spec.training.method, config)
-        if spec.training.dora:
-            from engine.models import resolve_model
-            from engine.plan.methods import check_dora_on_experts
+        from engine.models import resolve_model
+        from engine.plan.methods import check_dora_on_experts, check_fused_targets
 
-            arch = resolve_model(str(spec.model_path))
+        arch = resolve_model(str(spec.model_path))
+        if spec.training.dora:
             check_dora_on_experts(arch, True, spec.training.targets)
+        if spec.training.is_peft:
+            check_fused_targets(arch, spec.training.targets)
         if spec.training.grad_ckpt:
             check_checkpointing(str(spec.model_path))
     if spec.training.base_bits == 8 and importlib.util.find_spec("bitsandbytes") is None:

@@ -204,3 +204,34 @@ def test_a_model_without_gradient_checkpointing_is_never_planned_or_launched_wit
     assert "does not support gradient checkpointing" in refused.value.message
     assert "--no-grad-ckpt" in refused.value.fix
     check_checkpointing(str(saved_default_config("llama", tmp_path / "llama", num_hidden_layers=2)))
+
+
+@pytest.mark.slow
+def test_an_explicit_target_list_on_fused_experts_is_counted_as_peft_rewrites_it() -> None:
+    from engine.plan.dryrun.coverage import small_config
+    from engine.plan.dryrun.entry import dry_run
+
+    config, _ = small_config("qwen3_moe")
+    arch = ModelArch(name="qwen3_moe", source="dir", config=config)
+    param_roles(arch)
+    # PEFT moves gate_proj/up_proj/down_proj onto the fused expert tensors (rank 2r on
+    # gate_up_proj); the planner used to count them as Linear modules the model lacks
+    listed = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for targets in (listed, ("q_proj", "down_proj")):
+        training = TrainingConfig(method="lora", targets=targets, seq_len=128)
+        counted = estimate_memory(arch, training).params
+        assert dry_run(arch, training).trainable_params == counted.trainable, targets
+    attention = TrainingConfig(method="lora", targets=listed[:4])
+    assert counted.trainable > estimate_memory(arch, attention).params.trainable
+
+
+def test_a_target_list_naming_part_of_a_fused_expert_is_refused(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    folder = saved_default_config("qwen3_moe", tmp_path / "qwen3-moe", num_hidden_layers=2)
+    args = ["--model", str(folder), "--gpu", "h100", "--targets", "q_proj,gate_proj"]
+    out = subprocess.run([sys.executable, "-m", "tui", "plan", *args], env=cli_env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "gate_up_proj" in out.stderr and "add up_proj to --targets" in out.stderr
+    assert "Traceback" not in out.stderr

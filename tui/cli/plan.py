@@ -162,11 +162,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     arch = resolve_model(args.model)
     pinned = pinned_knobs(args)
-    from engine.plan.methods import check_architecture, check_dora_on_experts
+    from engine.plan.methods import (
+        check_architecture,
+        check_dora_on_experts,
+        check_fused_targets,
+    )
 
     check_architecture(pinned.get("method", "auto"), arch.config)
     targets = pinned.get("targets") or TrainingConfig().targets
     check_dora_on_experts(arch, bool(pinned.get("dora")), tuple(targets))
+    check_fused_targets(arch, tuple(targets))
     machine = resolve_machine(
         gpu=args.gpu,
         num_gpus=args.num_gpus,
