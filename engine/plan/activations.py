@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.models import ModelArch
+from engine.plan.mixers import (
+    REL_KINDS,
+    rel_attention_backward,
+    rel_attention_bytes,
+    rel_attention_forward,
+    rel_mixer,
+)
 from engine.plan.params import adapted_groups, attached_roles
 from engine.training_config import TrainingConfig
 
@@ -82,6 +89,9 @@ def _mamba2_like(cfg: dict[str, Any]) -> bool:
 def _mixer_of(cfg: dict[str, Any], name: str) -> str:
     """A layer-type string as configs spell it, as one of the mixers above."""
     name = str(name).lower()
+    rel = rel_mixer(cfg, name)  # Inkling's relative-bias attention (engine.plan.mixers)
+    if rel:
+        return rel
     if name in ("sliding_attention", "chunked_attention", "local", "sliding"):
         return SLIDING
     if name in ("linear_attention", "mamba", "mamba2", "m", "ssm"):
@@ -377,6 +387,8 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += _mamba1(arch, config, b)
     elif kind.mixer == DELTANET:
         total += _deltanet(arch, config, b)
+    elif kind.mixer in REL_KINDS:
+        total += rel_attention_bytes(arch, config, b, kind.mixer, runs_eager(arch, config))
     if kind.mlp == DENSE:
         total += _mlp(arch, config, b, arch.intermediate_size) + (b * h if full else 0)
     elif kind.mlp == MOE:
@@ -411,6 +423,8 @@ def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind, b: 
     if kind.mixer == DELTANET:
         hv = _int(cfg, "linear_num_value_heads", default=32)
         total += 4 * hv * 2 * _GDN_CHUNK * _padded(config.seq_len, _GDN_CHUNK)
+    if kind.mixer in REL_KINDS:
+        total += rel_attention_backward(arch, config, b, kind.mixer, runs_eager(arch, config))
     return total
 
 
@@ -419,6 +433,8 @@ def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKi
     attention's lightning indexer scores every key per indexer head in fp32 (the scores and
     their ReLU), sums them into one fp32 score per key, and masks attention to its top-k
     with a dense mask."""
+    if kind.mixer in REL_KINDS:
+        return rel_attention_forward(arch, config, b, kind.mixer, runs_eager(arch, config))
     if kind.mixer != SPARSE_MLA:
         return 0.0
     heads = _int(_cfg(arch), "index_n_heads", default=64)

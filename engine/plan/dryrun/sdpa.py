@@ -49,6 +49,17 @@ def register_masked_sdpa() -> None:
         **kwargs: Any,
     ) -> Any:
         if (
+            kwargs.get("position_bias") is not None
+            and isinstance(query, FakeTensor)
+            and kwargs.get("softcap") is None
+            and query.shape[2] > 1
+        ):
+            biased = position_bias_attention(
+                module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs
+            )
+            if biased is not None:
+                return biased
+        if (
             (attention_mask is None and not dropout)  # CPU's flash kernel saves what CUDA's does
             or not isinstance(query, FakeTensor)
             or kwargs.get("position_bias") is not None
@@ -74,6 +85,46 @@ def register_masked_sdpa() -> None:
         return output.transpose(1, 2).contiguous(), None
 
     AttentionInterface.register("sdpa", masked_sdpa)
+
+
+def position_bias_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float,
+    scaling: float | None,
+    is_causal: bool | None,
+    kwargs: dict[str, Any],
+) -> Any:
+    """SDPA with a learned position bias (Inkling's relative logits), as CUDA runs it, or None
+    where CUDA runs the math path too (the caller then runs transformers' own function).
+
+    transformers folds the bias and the mask into one float mask that needs a gradient
+    (create_position_bias_mask). Without a mask it asks for the GQA kernels (enable_gqa):
+    flash takes no mask and the memory-efficient kernel no GQA, so CUDA runs the math path,
+    as the CPU does. With a mask (or one key/value head per query head) k/v are repeated and
+    CUDA's memory-efficient kernel takes the float mask and returns its gradient; the CPU
+    runs the math path, which keeps the fp32 probabilities a GPU never allocates.
+    """
+    from transformers.integrations.sdpa_attention import (
+        create_position_bias_mask,
+        repeat_kv,
+        use_gqa_in_sdpa,
+    )
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        if use_gqa_in_sdpa(attention_mask, key, value):
+            return None
+        key = repeat_kv(key, groups)
+        value = repeat_kv(value, groups)
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    causal = bool(causal) and attention_mask is None
+    mask = create_position_bias_mask(kwargs["position_bias"], attention_mask, causal, query, key)
+    output = efficient_attention(query, key, value, mask, dropout, scaling)
+    return output.transpose(1, 2).contiguous(), None
 
 
 @functools.cache

@@ -1,0 +1,132 @@
+"""Token mixers beyond plain attention and the scans engine.plan.activations knows: what
+their PyTorch code saves for backward, per token.
+
+Inkling (inkling_text) attends with a learned relative-position bias: each token's r_proj
+output mixes a bank of bias-vs-distance profiles (rel_logits, one row of `extent` distances
+per head), gathered into a dense batch x heads x seq x seq bias that transformers folds with
+the mask into one float SDPA mask needing a gradient. Sliding layers ("hybrid_sliding") have
+their own head count and size (swa_*), full layers ("hybrid") the model's. Keys and values
+pass through fp32 short convolutions, and so do the attention and MLP outputs.
+
+Which kernel runs decides what is kept (torch's sdp_utils, transformers' sdpa_attention):
+without a mask transformers asks for GQA, which the memory-efficient kernel lacks and flash
+(no mask) cannot serve, so CUDA runs the math path (fp32 copies of q/k/v and fp32
+probabilities); with a mask, or one key/value head per query head, k/v are repeated and the
+memory-efficient kernel keeps its inputs, the bias and the output.
+
+Pure Python, no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.models import ModelArch
+from engine.training_config import TrainingConfig
+
+REL_SLIDING = "rel_sliding"  # Inkling's sliding-window attention with a relative bias
+REL_FULL = "rel_full"  # Inkling's full attention with a relative bias
+REL_KINDS = frozenset({REL_SLIDING, REL_FULL})
+
+
+def _int(cfg: dict[str, Any], key: str, default: int) -> int:
+    value = cfg.get(key)
+    return (
+        int(value) if isinstance(value, int) and not isinstance(value, bool) and value else default
+    )
+
+
+def rel_mixer(cfg: dict[str, Any], name: str) -> str | None:
+    """Inkling's layer types as mixers; None for other models (no relative-bias keys)."""
+    if "d_rel" not in cfg or "rel_extent" not in cfg:
+        return None
+    return {"hybrid_sliding": REL_SLIDING, "hybrid": REL_FULL}.get(name)
+
+
+def _shape(arch: ModelArch, sliding: bool) -> tuple[int, int, int, int]:
+    """Query heads, key/value heads, head size and bias extent of a layer kind."""
+    cfg = arch.text_config
+    if sliding:
+        heads = _int(cfg, "swa_num_attention_heads", arch.num_heads)
+        return (
+            heads,
+            _int(cfg, "swa_num_key_value_heads", heads),
+            _int(cfg, "swa_head_dim", arch.head_dim),
+            _int(cfg, "sliding_window_size", 512),
+        )
+    return arch.num_heads, arch.num_kv_heads, arch.head_dim, _int(cfg, "rel_extent", 1024)
+
+
+def _math_path(arch: ModelArch, config: TrainingConfig, sliding: bool) -> bool:
+    """Whether SDPA runs the math path on CUDA: no mask (a sliding window longer than the
+    sequence, or full attention) and grouped key/value heads, so transformers asks for GQA."""
+    heads, kv_heads, _, extent = _shape(arch, sliding)
+    masked = sliding and config.seq_len >= extent
+    return not masked and heads > kv_heads
+
+
+def _kernel_saved(arch: ModelArch, config: TrainingConfig, b: int, kind: str, eager: bool) -> float:
+    """Per token, what the attention kernel itself keeps (freed once its backward ran)."""
+    sliding = kind == REL_SLIDING
+    heads, _, d, _ = _shape(arch, sliding)
+    seq = config.seq_len
+    if eager:  # q, repeated k/v; fp32 probabilities and their compute-dtype copy
+        return 3 * b * heads * d + heads * seq * (4 + b)
+    if _math_path(arch, config, sliding):  # fp32 q, repeated k and v, probabilities
+        return 4 * 3 * heads * d + 4 * heads * seq
+    # memory-efficient kernel: q, repeated k/v, output, and the float bias
+    return 4 * b * heads * d + b * heads * seq
+
+
+def rel_attention_bytes(
+    arch: ModelArch, config: TrainingConfig, b: int, kind: str, eager: bool
+) -> float:
+    """Per token, one relative-bias attention layer (its short convolutions included)."""
+    sliding = kind == REL_SLIDING
+    heads, kv_heads, d, extent = _shape(arch, sliding)
+    seq = config.seq_len
+    h = arch.hidden_size
+    qd, kvd = heads * d, kv_heads * d
+    # fp32 short convolutions keep their fp32 inputs: k, v, the attention and MLP outputs
+    total: float = 4 * (2 * kvd + 2 * h)
+    total += 4 * (qd + kvd)  # q_norm / k_norm's fp32 inputs
+    # the bias: rel_logits (kept by gather), its int64 index and two boolean masks (seq x seq)
+    total += b * heads * extent + seq * (8 + 2)
+    total += _kernel_saved(arch, config, b, kind, eager)
+    if config.method == "full":
+        # the projections' input, o_proj's input, the normalised q/k for the norms' weights
+        total += b * h + b * qd + b * (qd + kvd)
+    return total
+
+
+def rel_attention_backward(
+    arch: ModelArch, config: TrainingConfig, b: int, kind: str, eager: bool
+) -> float:
+    """Per token, the gradients the layer's backward holds at once, the larger of two
+    moments: at the kernel, the bias's gradient and its copy through the mask (where), with
+    the fp32 gradients of the probabilities and scores on the math and eager paths; at the
+    gather, the zeros rel_logits' gradient is scattered into (heads x extent) beside the
+    bias's gradient it reads."""
+    sliding = kind == REL_SLIDING
+    heads, _, _, extent = _shape(arch, sliding)
+    seq = config.seq_len
+    kernel: float = 2 * b * heads * seq
+    if eager or _math_path(arch, config, sliding):
+        kernel += 2 * 4 * heads * seq
+    gather = b * heads * (2 * extent + seq) - _kernel_saved(arch, config, b, kind, eager)
+    return max(kernel, gather)
+
+
+def rel_attention_forward(
+    arch: ModelArch, config: TrainingConfig, b: int, kind: str, eager: bool
+) -> float:
+    """Per token, what the layer's forward holds at the softmax beyond what it keeps: the bias
+    before and after the mask is folded in (compute dtype), and on the math path the fp32
+    scores, the mask's fp32 copy, and q/k/v's fp32 copies before scaling and repeating."""
+    sliding = kind == REL_SLIDING
+    heads, kv_heads, d, _ = _shape(arch, sliding)
+    seq = config.seq_len
+    total: float = b * heads * seq
+    if eager or _math_path(arch, config, sliding):
+        total += b * heads * seq + 2 * 4 * heads * seq + 4 * (heads + 2 * kv_heads) * d
+    return total
