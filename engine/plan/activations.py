@@ -22,10 +22,13 @@ from typing import Any
 from engine.models import ModelArch
 from engine.plan.mixers import (
     REL_KINDS,
+    RGLRU,
+    block_type_mixers,
     rel_attention_backward,
     rel_attention_bytes,
     rel_attention_forward,
     rel_mixer,
+    rglru_bytes,
 )
 from engine.plan.params import adapted_groups, attached_roles
 from engine.training_config import TrainingConfig
@@ -115,6 +118,9 @@ def _mixers(cfg: dict[str, Any], n: int) -> list[str]:
         return kinds
     if model_type.startswith("falcon_h1"):
         return [HYBRID] * n
+    blocks = block_type_mixers(cfg, n, SLIDING)  # RecurrentGemma: RG-LRU and local attention
+    if blocks:
+        return blocks
     if "kv_lora_rank" in cfg and cfg.get("kv_lora_rank"):
         return [SPARSE_MLA if cfg.get("index_n_heads") else MLA] * n
     if "attn_layer_indices" in cfg and _mamba2_like(cfg):  # Bamba: Mamba-2 but the indices
@@ -387,6 +393,8 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += _mamba1(arch, config, b)
     elif kind.mixer == DELTANET:
         total += _deltanet(arch, config, b)
+    elif kind.mixer == RGLRU:
+        total += rglru_bytes(arch, config, b)
     elif kind.mixer in REL_KINDS:
         total += rel_attention_bytes(arch, config, b, kind.mixer, runs_eager(arch, config))
     if kind.mlp == DENSE:

@@ -27,6 +27,7 @@ from engine.plan.counts import (
     stack_notes,
 )
 from engine.plan.hostmem import HostMemory, host_memory
+from engine.plan.mixers import retained_graph_bytes
 from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
 from engine.plan.params import attached_roles, closed_form_reason, lora_saved_input_bytes
 from engine.training_config import PLANNED_METHODS, PREFERENCE_STAGES, TrainingConfig
@@ -388,6 +389,10 @@ def estimate_memory(
         + states.optimizer
         + states.optimizer_temp
     )
+    # graphs modules keep on themselves after backward (engine.plan.mixers)
+    kept, kept_layers = retained_graph_bytes(arch, config, b)
+    optimizer_step += kept * kept_layers * tokens
+    at_recompute += kept * max(kept_layers - 1, 0) * tokens if ckpt else 0.0
     phase_bytes = {
         "forward_backward": base + at_loss,
         "recompute": base + at_recompute if ckpt else 0.0,

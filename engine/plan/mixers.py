@@ -130,3 +130,50 @@ def rel_attention_forward(
     if eager or _math_path(arch, config, sliding):
         total += b * heads * seq + 2 * 4 * heads * seq + 4 * (heads + 2 * kv_heads) * d
     return total
+
+
+# -- RecurrentGemma (Griffin): RG-LRU recurrent blocks between local-attention blocks ---------
+
+RGLRU = "rglru"  # RecurrentGemma's recurrent block: conv1d, gates, token-by-token scan
+
+
+def block_type_mixers(cfg: dict[str, Any], n: int, attention: str) -> list[str] | None:
+    """RecurrentGemma's `block_types`, repeated over the layers (its layers_block_type):
+    "recurrent" is an RG-LRU block, anything else local attention (`attention`)."""
+    types = cfg.get("block_types")
+    if "lru_width" not in cfg or not isinstance(types, list) or not types:
+        return None
+    return [RGLRU if types[i % len(types)] == "recurrent" else attention for i in range(n)]
+
+
+def rglru_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Per token, what RecurrentGemmaRecurrentBlock's PyTorch code keeps (lru_width W each):
+    the conv's input and output, gelu's input and output (the y branch), the gates' sigmoid
+    outputs, the two exps (the decay and its square), 1 - a², the reset-masked multiplier and
+    its cast, the gated input, the scan's output; and per scan step, the fp32 copy of that
+    step's decay and the fp32 running state the product keeps."""
+    width = _int(arch.text_config, "lru_width", arch.hidden_size)
+    total: float = 13 * b * width + 2 * 4 * width
+    if config.method == "full":  # linear_x/linear_y's input, linear_out's input
+        total += b * arch.hidden_size + b * width
+    return total
+
+
+def retained_graph_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> tuple[float, int]:
+    """Per token and layer, the autograd graph a module keeps alive after backward, and how
+    many layers keep one: RG-LRU stores its last scan state (`self.recurrent_states`, with its
+    grad_fn) on the module, so the x branch's saved tensors (the conv's input and output,
+    gates, decays, multiplier, gated input, per-step fp32 decays and states) outlive the
+    backward into the optimizer step, up to the layer's next forward. Under checkpointing it
+    is the recompute's graph, kept by each layer once its backward ran."""
+    layers = sum(1 for kind in _kinds(arch) if kind == RGLRU)
+    if not layers:
+        return 0.0, 0
+    width = _int(arch.text_config, "lru_width", arch.hidden_size)
+    return 10 * b * width + 2 * 4 * width, layers
+
+
+def _kinds(arch: ModelArch) -> list[str]:
+    from engine.plan.activations import layer_kinds  # the caller's module: import late
+
+    return [kind.mixer for kind in layer_kinds(arch)]
