@@ -21,9 +21,12 @@ from typing import Any
 
 from engine.models import ModelArch
 from engine.plan.mixers import (
+    LIGHTNING,
     REL_KINDS,
     RGLRU,
     block_type_mixers,
+    lightning_bytes,
+    lightning_mixer,
     rel_attention_backward,
     rel_attention_bytes,
     rel_attention_forward,
@@ -92,9 +95,10 @@ def _mamba2_like(cfg: dict[str, Any]) -> bool:
 def _mixer_of(cfg: dict[str, Any], name: str) -> str:
     """A layer-type string as configs spell it, as one of the mixers above."""
     name = str(name).lower()
-    rel = rel_mixer(cfg, name)  # Inkling's relative-bias attention (engine.plan.mixers)
-    if rel:
-        return rel
+    # Inkling's relative-bias attention, MiniMax's lightning attention (engine.plan.mixers)
+    other = rel_mixer(cfg, name) or lightning_mixer(cfg, name)
+    if other:
+        return other
     if name in ("sliding_attention", "chunked_attention", "local", "sliding"):
         return SLIDING
     if name in ("linear_attention", "mamba", "mamba2", "m", "ssm"):
@@ -393,6 +397,8 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += _mamba1(arch, config, b)
     elif kind.mixer == DELTANET:
         total += _deltanet(arch, config, b)
+    elif kind.mixer == LIGHTNING:
+        total += lightning_bytes(arch, config, b)
     elif kind.mixer == RGLRU:
         total += rglru_bytes(arch, config, b)
     elif kind.mixer in REL_KINDS:

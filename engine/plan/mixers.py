@@ -177,3 +177,31 @@ def _kinds(arch: ModelArch) -> list[str]:
     from engine.plan.activations import layer_kinds  # the caller's module: import late
 
     return [kind.mixer for kind in layer_kinds(arch)]
+
+
+# -- MiniMax's lightning attention (a blocked linear attention) --------------------------------
+
+LIGHTNING = "lightning"  # MiniMax's linear_attention layers
+
+
+def lightning_mixer(cfg: dict[str, Any], name: str) -> str | None:
+    """MiniMax's "linear_attention" layer type (its config has the lightning block_size)."""
+    if name == "linear_attention" and "block_size" in cfg and "linear_attn_alpha_factor" in cfg:
+        return LIGHTNING
+    return None
+
+
+def lightning_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Per token, MiniMaxLightningAttention's PyTorch loop over blocks of `block_size`: qkv's
+    SiLU input and output (3 x heads x head_dim), per block the decayed q·kᵀ scores (heads x
+    block x block, kept by the matmul with v), q and k scaled by their decays, the running
+    k·v state (heads x head_dim², one per block); then the output reshaped, RMSNorm's fp32
+    input and output, and the sigmoid gate."""
+    hd = arch.num_heads * arch.head_dim
+    block = min(_int(arch.text_config, "block_size", 256), config.seq_len)
+    total: float = 2 * 3 * b * hd + b * arch.num_heads * block + 2 * b * hd
+    total += b * hd * arch.head_dim / block
+    total += b * hd + 4 * hd + 2 * b * hd  # reshaped output, the norm's input, gate, norm out
+    if config.method == "full":  # qkv_proj/output_gate's input, out_proj's input
+        total += b * arch.hidden_size + b * hd
+    return total
