@@ -99,6 +99,7 @@ LAYER_KINDS = (
     ("gpt2", "full"),
     ("gemma2", "lora"),
     ("gemma2", "full"),
+    ("minicpm3", "full"),  # MLA: values narrower than q/k (memory-efficient kernel on CUDA)
 )
 
 

@@ -15,6 +15,10 @@ view, and `aten._scaled_dot_product_efficient_attention` runs on it; its meta ke
 output, log-sum-exp and gradients CUDA would. Without a mask but with attention dropout, which
 CPU's flash kernel does not implement (the math path again) and CUDA's flash kernel does,
 `aten._scaled_dot_product_flash_attention` runs (output, log-sum-exp and the RNG state saved).
+Without a mask but with values narrower than the query and key heads (MLA: DeepSeek-V2/V3,
+MiniCPM3, ...), CUDA's flash kernel cannot run (one head size for q, k and v) and the
+memory-efficient kernel can (is_causal); the CPU takes the math path, which keeps the fp32
+probabilities: the dry run runs the memory-efficient kernel.
 Calls without a mask or dropout (CPU's flash kernel saves what CUDA's does), with a position
 bias, or on real tensors go to transformers' own function unchanged.
 
@@ -59,6 +63,26 @@ def register_masked_sdpa() -> None:
             )
             if biased is not None:
                 return biased
+        uneven = query.shape[-1] != value.shape[-1]  # MLA: values narrower than q/k heads
+        groups = getattr(module, "num_key_value_groups", 1)
+        if (
+            attention_mask is None
+            and uneven
+            and groups == 1
+            and isinstance(query, FakeTensor)
+            and kwargs.get("softcap") is None
+            and kwargs.get("position_bias") is None
+            and query.shape[2] > 1
+        ):
+            # CUDA's flash kernel needs one head size for q, k and v; the memory-efficient
+            # kernel takes narrower values (and is_causal); the CPU runs the math path
+            import torch
+
+            causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+            output = torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, None, True, dropout, bool(causal), scale=scaling
+            )[0]
+            return output.transpose(1, 2).contiguous(), None
         if (
             (attention_mask is None and not dropout)  # CPU's flash kernel saves what CUDA's does
             or not isinstance(query, FakeTensor)
@@ -77,7 +101,6 @@ def register_masked_sdpa() -> None:
                 query, key, value, dropout, bool(causal), False, scale=scaling
             )[0]
             return output.transpose(1, 2).contiguous(), None
-        groups = getattr(module, "num_key_value_groups", 1)
         if groups > 1:  # transformers repeats k/v when a mask is given (no GQA kernel with one)
             key = repeat_kv(key, groups)
             value = repeat_kv(value, groups)
