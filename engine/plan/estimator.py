@@ -187,7 +187,10 @@ def logits_bytes_per_token(
     if loss_path == "compute":
         return arch.vocab_size * 2 * b  # b: the lm_head's dtype
     per_logit = calibration.legacy_logit_bytes if loss_path == "legacy" else calibration.logit_bytes
-    return arch.vocab_size * max(per_logit, b + 8)
+    # final logit softcapping (Gemma 2, nanochat): tanh(logits / cap) * cap keeps the tanh's
+    # output for backward, a second compute-dtype copy of the logits
+    softcap = b if arch.text_config.get("final_logit_softcapping") else 0
+    return arch.vocab_size * (max(per_logit, b + 8) + softcap)
 
 
 @dataclass(frozen=True)
