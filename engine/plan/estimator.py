@@ -180,6 +180,11 @@ def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> f
 LOSS_PATHS = ("v5", "legacy", "compute")
 
 
+# models whose transformers code upcasts the logits before softcapping them (BeamForCausalLM:
+# "bf16 tanh quantizes badly near saturation")
+FP32_SOFTCAP = frozenset({"beam"})
+
+
 def logits_bytes_per_token(
     arch: ModelArch, b: int, calibration: Calibration, loss_path: str = "v5"
 ) -> float:
@@ -188,8 +193,10 @@ def logits_bytes_per_token(
         return arch.vocab_size * 2 * b  # b: the lm_head's dtype
     per_logit = calibration.legacy_logit_bytes if loss_path == "legacy" else calibration.logit_bytes
     # final logit softcapping (Gemma 2, nanochat): tanh(logits / cap) * cap keeps the tanh's
-    # output for backward, a second compute-dtype copy of the logits
-    softcap = b if arch.text_config.get("final_logit_softcapping") else 0
+    # output for backward, a second copy of the logits (fp32 where the model softcaps in fp32)
+    softcap = 0
+    if arch.text_config.get("final_logit_softcapping"):
+        softcap = 4 if arch.model_type in FP32_SOFTCAP else b
     return arch.vocab_size * (max(per_logit, b + 8) + softcap)
 
 
