@@ -479,9 +479,13 @@ def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: La
     return freed
 
 
-def stack_activations(arch: ModelArch, config: TrainingConfig, b: int) -> StackActivations:
+def stack_activations(
+    arch: ModelArch, config: TrainingConfig, b: int, forward_extra: float = 0.0
+) -> StackActivations:
     """Every layer's saved bytes per token: their sum and the largest layer (with its
-    backward's own gradients)."""
+    backward's own gradients, or what its forward holds for a moment: the mixer's transients
+    or `forward_extra`, held at another moment of a recomputed forward while the layer's saved
+    tensors are alive)."""
     counts: dict[LayerKind, int] = {}
     for kind in layer_kinds(arch):
         counts[kind] = counts.get(kind, 0) + 1
@@ -492,6 +496,7 @@ def stack_activations(arch: ModelArch, config: TrainingConfig, b: int) -> StackA
         + max(
             backward_bytes(arch, config, kind, b) - _freed_before_scan(arch, config, b, kind),
             forward_bytes(arch, config, b, kind),
+            forward_extra,  # at the MLP's end of the layer, after the mixer's transients
             0.0,
         )
         for kind in counts

@@ -29,7 +29,13 @@ from engine.plan.counts import (
 from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.mixers import retained_graph_bytes
 from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
-from engine.plan.params import attached_roles, closed_form_reason, lora_saved_input_bytes
+from engine.plan.params import (
+    ParamRoles,
+    adapted_groups,
+    attached_roles,
+    closed_form_reason,
+    lora_saved_input_bytes,
+)
 from engine.training_config import PLANNED_METHODS, PREFERENCE_STAGES, TrainingConfig
 
 GIB = 1024**3
@@ -143,6 +149,29 @@ def optimizer_temp_bytes_per_param(optim: str, state_bytes: int) -> float:
 # -- activations -----------------------------------------------------------------------------
 
 
+# The MLP's Linears by the names transformers gives them: a layer's last modules, run when the
+# rest of its saved tensors are alive (a mixer's wide input projections run at its start)
+MLP_LINEARS = frozenset(
+    {"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "w1", "w2", "w3", "dense_h_to_4h",
+     "dense_4h_to_h", "gate_up_proj", "fc_in", "fc_out", "wi", "wo", "c_proj"}
+)  # fmt: skip
+
+
+def lora_output_transient_bytes(roles: ParamRoles, config: TrainingConfig) -> float:
+    """Per token: what PEFT's LoRA forward of the widest adapted MLP Linear holds for a moment
+    while backward recomputes its layer. The adapters run in fp32, so `result + lora_B(
+    lora_A(x)) * scaling` makes two fp32 tensors of the output's width (the scaled update and
+    the sum) before the sum is cast back to the compute dtype."""
+    if config.method not in ("lora", "qlora") or config.dora:
+        return 0.0
+    widths = [
+        group.out_features / max(group.modules, 1)
+        for group in adapted_groups(roles, config)
+        if not group.tower and not group.expert and group.name in MLP_LINEARS
+    ]
+    return 8 * max(widths, default=0.0)
+
+
 def _lora_saved_bytes(arch: ModelArch, config: TrainingConfig) -> float:
     """Per token per layer: PEFT runs adapters in fp32, so each adapted module keeps an fp32
     copy of its input (and the rank-r intermediate; DoRA its output)."""
@@ -163,7 +192,9 @@ def _lora_saved_bytes(arch: ModelArch, config: TrainingConfig) -> float:
 def stack_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> tuple[float, float]:
     """Bytes per token saved for backward (no checkpointing): every layer together, and the
     largest single layer. Each layer by its kind (engine/plan/activations.py)."""
-    stack = stack_activations(arch, config, b)
+    roles = attached_roles(arch) if config.is_peft else None
+    transient = lora_output_transient_bytes(roles, config) if roles is not None else 0.0
+    stack = stack_activations(arch, config, b, forward_extra=transient)
     lora = _lora_saved_bytes(arch, config)
     return stack.total + lora * max(arch.num_layers, 1), stack.largest + lora
 
