@@ -55,6 +55,11 @@ _AFTER_SCAN = frozenset(
 )
 
 
+# MoE layers whose transformers code runs every expert on every token, the router's scores
+# zeroing the unchosen (Llama4TextExperts: one bmm over all experts)
+EVERY_EXPERT = frozenset({"llama4", "llama4_text"})
+
+
 @dataclass(frozen=True)
 class LayerKind:
     mixer: str
@@ -405,6 +410,18 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += rel_attention_bytes(arch, config, b, kind.mixer, runs_eager(arch, config))
     if kind.mlp == DENSE:
         total += _mlp(arch, config, b, arch.intermediate_size) + (b * h if full else 0)
+    elif kind.mlp == MOE and arch.model_type in EVERY_EXPERT:
+        # every expert runs on every token (scores zero the others): the repeated input and
+        # its scaled copy, the fused gate_up output (the gate is a view of it), the activation
+        # and the product, E times per token
+        f = arch.moe_intermediate_size
+        total += max(arch.num_experts, 1) * (2 * b * h + 4 * b * f)
+        total += 4 * arch.num_experts  # router scores
+        shared = _shared_expert_size(arch)
+        if shared:
+            total += _mlp(arch, config, b, shared)
+        if full:
+            total += b * h
     elif kind.mlp == MOE:
         k = max(arch.experts_per_token, 1)
         # each routed token is gathered (h) and runs its k experts' MLPs
