@@ -153,7 +153,8 @@ def optimizer_temp_bytes_per_param(optim: str, state_bytes: int) -> float:
 # rest of its saved tensors are alive (a mixer's wide input projections run at its start)
 MLP_LINEARS = frozenset(
     {"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "w1", "w2", "w3", "dense_h_to_4h",
-     "dense_4h_to_h", "gate_up_proj", "fc_in", "fc_out", "wi", "wo", "c_proj"}
+     "dense_4h_to_h", "gate_up_proj", "fc_in", "fc_out", "wi", "wo", "c_proj", "w_0", "w_1",
+     "w_out"}
 )  # fmt: skip
 
 
@@ -401,7 +402,10 @@ def estimate_memory(
         saved = n_layers * (per_layer * tokens + cast_weights) + 2 * residual * h * tokens
         if roles is not None:
             saved += parameter_lora_saved_bytes(roles, config, b)
-        at_loss = saved + logits
+        # the last layer's widest LoRA forward, with every layer's saved tensors alive, or the
+        # loss, whichever is larger
+        transient = lora_output_transient_bytes(roles, config) if roles is not None else 0.0
+        at_loss = saved + max(logits, transient * tokens)
         at_recompute = 0.0
 
     # Gradients of embeddings/lm_head land early in backward; the rest grow as activations
