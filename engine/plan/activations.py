@@ -55,6 +55,10 @@ _AFTER_SCAN = frozenset(
 )
 
 
+# eager attention whose softmax runs in the compute dtype (softmax(..., dtype=the scores'
+# dtype), after subtracting the row max): one probability tensor, not an fp32 one and its copy
+COMPUTE_DTYPE_SOFTMAX = frozenset({"mimo_v2_flash", "hy_v4", "hy_v4_vl"})
+
 # MoE layers whose transformers code runs every expert on every token, the router's scores
 # zeroing the unchosen (Llama4TextExperts: one bmm over all experts)
 EVERY_EXPERT = frozenset({"llama4", "llama4_text"})
@@ -215,7 +219,8 @@ def attention_scores_bytes(arch: ModelArch, config: TrainingConfig, b: int, keys
     output too; sdpa/flash keep only a log-sum-exp per head."""
     if runs_eager(arch, config):
         softcap = b if _cfg(arch).get("attn_logit_softcapping") else 0
-        return arch.num_heads * keys * (4 + b + softcap)
+        probabilities = b if arch.model_type in COMPUTE_DTYPE_SOFTMAX else 4 + b
+        return arch.num_heads * keys * (probabilities + softcap)
     return arch.num_heads * 4
 
 
