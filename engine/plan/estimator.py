@@ -215,6 +215,21 @@ LOSS_PATHS = ("v5", "legacy", "compute")
 # "bf16 tanh quantizes badly near saturation")
 FP32_SOFTCAP = frozenset({"beam"})
 
+# models whose transformers code registers a max_positions x max_positions boolean causal mask
+# as a buffer (it moves to the GPU with the weights): one for the model, or one per attention
+# layer (True)
+MASK_BUFFERS = {"gpt_bigcode": False, "gpt_neo": True, "imagegpt": True}
+
+
+def mask_buffer_bytes(arch: ModelArch) -> float:
+    """Bytes of the causal-mask buffers MASK_BUFFERS' models keep beside their weights."""
+    if arch.model_type not in MASK_BUFFERS:
+        return 0.0
+    cfg = arch.text_config
+    positions = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0
+    per_layer = MASK_BUFFERS[arch.model_type]
+    return float(positions) ** 2 * (max(arch.num_layers, 1) if per_layer else 1)
+
 
 def logits_bytes_per_token(
     arch: ModelArch, b: int, calibration: Calibration, loss_path: str = "v5"
@@ -414,8 +429,10 @@ def estimate_memory(
     fb_grads = max(resident_grads, early_grads)
     # DDP keeps gradient buckets as a second copy of the gradients.
     ddp_buckets = states.gradients if config.num_gpus > 1 and config.sharding == "none" else 0.0
+    buffers = mask_buffer_bytes(arch)
     base = (
-        states.weights
+        buffers
+        + states.weights
         + states.trainable_weights
         + states.optimizer
         + states.gathered_params
@@ -423,7 +440,8 @@ def estimate_memory(
         + ddp_buckets
     )
     optimizer_step = (
-        states.weights
+        buffers
+        + states.weights
         + states.trainable_weights
         + states.gradients
         + ddp_buckets
@@ -444,6 +462,7 @@ def estimate_memory(
 
     common = {
         "weights": states.weights
+        + buffers
         + (states.gathered_params if peak_phase != "optimizer_step" else 0),
         "trainable_weights": states.trainable_weights,
         "optimizer_states": states.optimizer,
