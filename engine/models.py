@@ -74,11 +74,11 @@ class ModelArch:
 
     @cached_property
     def head_dim(self) -> int:
-        return int(self._get("head_dim", default=self.hidden_size // self.num_heads))
+        return int(self._get("head_dim", "dim_head", default=self.hidden_size // self.num_heads))
 
     @cached_property
     def intermediate_size(self) -> int:
-        return int(self._get("intermediate_size", "n_inner", default=4 * self.hidden_size))
+        return int(self._get("intermediate_size", "n_inner", "dim_ff", default=4 * self.hidden_size))
 
     @cached_property
     def vocab_size(self) -> int:

@@ -13,7 +13,7 @@ sum of everything. Activation bytes follow what transformers' decoder layers sav
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.models import ModelArch
@@ -221,6 +221,20 @@ FP32_SOFTCAP = frozenset({"beam"})
 MASK_BUFFERS = {"gpt_bigcode": False, "gpt_neo": True, "imagegpt": True}
 
 
+# models whose decoder stack runs on learned prompt positions prepended to the sequence
+# (CPM-Ant: config.prompt_length tokens before the input, cut off before the head)
+PROMPT_PREFIX = frozenset({"cpmant"})
+
+
+def stack_config(arch: ModelArch, config: TrainingConfig) -> TrainingConfig:
+    """The setup as the decoder stack sees it: PROMPT_PREFIX models run their layers (and
+    attention's keys) on prompt_length more positions than the labels cover."""
+    extra = arch.text_config.get("prompt_length") if arch.model_type in PROMPT_PREFIX else 0
+    if not isinstance(extra, int) or isinstance(extra, bool) or extra <= 0:
+        return config
+    return replace(config, seq_len=config.seq_len + extra)
+
+
 def mask_buffer_bytes(arch: ModelArch) -> float:
     """Bytes of the causal-mask buffers MASK_BUFFERS' models keep beside their weights."""
     if arch.model_type not in MASK_BUFFERS:
@@ -392,7 +406,9 @@ def estimate_memory(
     h = arch.hidden_size
     n_layers = arch.num_layers
 
-    stack_bytes, largest_layer = stack_activation_bytes(arch, config, b)
+    layers_config = stack_config(arch, config)
+    stack_tokens = layers_config.tokens_per_micro_batch  # the decoder stack's positions
+    stack_bytes, largest_layer = stack_activation_bytes(arch, layers_config, b)
     per_layer = stack_bytes / max(n_layers, 1) * calibration.activation_scale
     largest_layer *= calibration.activation_scale
     mixed = config.method == "full" and config.dtype != "fp32" and not config.pure_bf16
@@ -406,14 +422,15 @@ def estimate_memory(
         # Checkpoints keep each layer's input. The loss is computed with only those alive;
         # later, backward recomputes one layer at a time and holds its activations plus the
         # gradient flowing through it (the logits are gone by then).
-        saved: float = n_layers * residual * h * tokens
+        saved: float = n_layers * residual * h * stack_tokens
         at_loss = saved + logits
-        working = largest_layer * tokens + 4 * residual * h * tokens + cast_weights
+        working = largest_layer * stack_tokens + 4 * residual * h * stack_tokens + cast_weights
         if roles is not None:  # LoRA on fused experts: W + BA of the layer backward runs
             working += parameter_lora_transient_bytes(roles, config, b)
         at_recompute = saved + working
     else:
-        saved = n_layers * (per_layer * tokens + cast_weights) + 2 * residual * h * tokens
+        saved = n_layers * (per_layer * stack_tokens + cast_weights)
+        saved += 2 * residual * h * stack_tokens
         if roles is not None:
             saved += parameter_lora_saved_bytes(roles, config, b)
         at_loss = saved + logits
