@@ -25,7 +25,18 @@ _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "m
 _EXPERTS_PER_TOKEN_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts")
 # Architectures whose MLP is up -> activation -> down, without a gate.
 _PLAIN_MLP_TYPES = frozenset(
-    {"gpt2", "gpt_bigcode", "bloom", "gpt_neox", "falcon", "opt", "phi", "starcoder2", "gptj"}
+    {
+        "gpt2",
+        "gpt_bigcode",
+        "bloom",
+        "gpt_neox",
+        "falcon",
+        "opt",
+        "phi",
+        "starcoder2",
+        "gptj",
+        "ctrl",
+    }
 )
 
 
@@ -78,7 +89,9 @@ class ModelArch:
 
     @cached_property
     def intermediate_size(self) -> int:
-        return int(self._get("intermediate_size", "n_inner", "dim_ff", default=4 * self.hidden_size))
+        return int(
+            self._get("intermediate_size", "n_inner", "dim_ff", "dff", default=4 * self.hidden_size)
+        )
 
     @cached_property
     def vocab_size(self) -> int:
