@@ -90,7 +90,14 @@ class ModelArch:
     @cached_property
     def intermediate_size(self) -> int:
         return int(
-            self._get("intermediate_size", "n_inner", "dim_ff", "dff", default=4 * self.hidden_size)
+            self._get(
+                "intermediate_size",
+                "n_inner",
+                "dim_ff",
+                "dff",
+                "ffn_dim",
+                default=4 * self.hidden_size,
+            )
         )
 
     @cached_property
