@@ -36,6 +36,7 @@ _PLAIN_MLP_TYPES = frozenset(
         "starcoder2",
         "gptj",
         "ctrl",
+        "gpt_neox_japanese",
     }
 )
 
