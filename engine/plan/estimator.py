@@ -235,6 +235,28 @@ def stack_config(arch: ModelArch, config: TrainingConfig) -> TrainingConfig:
     return replace(config, seq_len=config.seq_len + extra)
 
 
+# BERT-style causal LMs: the embeddings sum word, token-type and position embeddings and
+# LayerNorm them outside the checkpointed layers; the MLM head runs dense -> GELU -> LayerNorm
+# before the vocabulary projection (RobertaLMHead, BertLMPredictionHead)
+BERT_STYLE = frozenset(
+    {"bert", "roberta", "roberta-prelayernorm", "roc_bert", "xlm-roberta", "xlm-roberta-xl",
+     "camembert", "data2vec-text", "xmod", "ernie", "megatron-bert", "rembert"}
+)  # fmt: skip
+
+
+def bert_style_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> tuple[float, float]:
+    """Per token for BERT_STYLE models: (embeddings, head). The embeddings keep the word
+    embeddings' output and the sum their LayerNorm normalises, until backward reaches them;
+    at the loss the head has kept the last hidden state, dense's output (GELU's input) and
+    GELU's output (the LayerNorm's input), plus the LayerNorm's output (the decoder's input)
+    when the decoder trains or LoRA's fp32 copy of dense's input."""
+    if arch.model_type not in BERT_STYLE:
+        return 0.0, 0.0
+    h = arch.hidden_size
+    head = 3 * b * h + (b * h if config.method == "full" else 4 * h if config.is_peft else 0)
+    return 2 * b * h, float(head)
+
+
 def mask_buffer_bytes(arch: ModelArch) -> float:
     """Bytes of the causal-mask buffers MASK_BUFFERS' models keep beside their weights."""
     if arch.model_type not in MASK_BUFFERS:
@@ -416,13 +438,15 @@ def estimate_memory(
     residual = 4 if upcast else b  # the residual stream follows the embeddings' dtype
     logits = logits_bytes_per_token(arch, 4 if upcast else b, calibration, loss_path) * tokens
     cast_weights = params.per_layer_linear * b if mixed else 0.0  # autocast's weight copies
+    embeddings, head = bert_style_bytes(arch, config, residual)
+    logits += head * tokens  # the head's transform, freed with the logits
     roles = attached_roles(arch)
     ckpt = config.grad_ckpt and (roles is None or roles.checkpointing)  # CTRL cannot
     if ckpt:
         # Checkpoints keep each layer's input. The loss is computed with only those alive;
         # later, backward recomputes one layer at a time and holds its activations plus the
         # gradient flowing through it (the logits are gone by then).
-        saved: float = n_layers * residual * h * stack_tokens
+        saved: float = (n_layers * residual * h + embeddings) * stack_tokens
         at_loss = saved + logits
         working = largest_layer * stack_tokens + 4 * residual * h * stack_tokens + cast_weights
         if roles is not None:  # LoRA on fused experts: W + BA of the layer backward runs
@@ -430,7 +454,7 @@ def estimate_memory(
         at_recompute = saved + working
     else:
         saved = n_layers * (per_layer * stack_tokens + cast_weights)
-        saved += 2 * residual * h * stack_tokens
+        saved += (2 * residual * h + embeddings) * stack_tokens
         if roles is not None:
             saved += parameter_lora_saved_bytes(roles, config, b)
         at_loss = saved + logits
