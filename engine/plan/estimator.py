@@ -13,7 +13,7 @@ sum of everything. Activation bytes follow what transformers' decoder layers sav
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
@@ -28,6 +28,7 @@ from engine.plan.counts import (
 )
 from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.mixers import retained_graph_bytes
+from engine.plan.model_code import bert_style_bytes, mask_buffer_bytes, stack_config
 from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
 from engine.plan.params import (
     ParamRoles,
@@ -214,57 +215,6 @@ LOSS_PATHS = ("v5", "legacy", "compute")
 # models whose transformers code upcasts the logits before softcapping them (BeamForCausalLM:
 # "bf16 tanh quantizes badly near saturation")
 FP32_SOFTCAP = frozenset({"beam"})
-
-# models whose transformers code registers a max_positions x max_positions boolean causal mask
-# as a buffer (it moves to the GPU with the weights): one for the model, or one per attention
-# layer (True)
-MASK_BUFFERS = {"gpt_bigcode": False, "gpt_neo": True, "imagegpt": True}
-
-
-# models whose decoder stack runs on learned prompt positions prepended to the sequence
-# (CPM-Ant: config.prompt_length tokens before the input, cut off before the head)
-PROMPT_PREFIX = frozenset({"cpmant"})
-
-
-def stack_config(arch: ModelArch, config: TrainingConfig) -> TrainingConfig:
-    """The setup as the decoder stack sees it: PROMPT_PREFIX models run their layers (and
-    attention's keys) on prompt_length more positions than the labels cover."""
-    extra = arch.text_config.get("prompt_length") if arch.model_type in PROMPT_PREFIX else 0
-    if not isinstance(extra, int) or isinstance(extra, bool) or extra <= 0:
-        return config
-    return replace(config, seq_len=config.seq_len + extra)
-
-
-# BERT-style causal LMs: the embeddings sum word, token-type and position embeddings and
-# LayerNorm them outside the checkpointed layers; the MLM head runs dense -> GELU -> LayerNorm
-# before the vocabulary projection (RobertaLMHead, BertLMPredictionHead)
-BERT_STYLE = frozenset(
-    {"bert", "roberta", "roberta-prelayernorm", "roc_bert", "xlm-roberta", "xlm-roberta-xl",
-     "camembert", "data2vec-text", "xmod", "ernie", "megatron-bert", "rembert"}
-)  # fmt: skip
-
-
-def bert_style_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> tuple[float, float]:
-    """Per token for BERT_STYLE models: (embeddings, head). The embeddings keep the word
-    embeddings' output and the sum their LayerNorm normalises, until backward reaches them;
-    at the loss the head has kept the last hidden state, dense's output (GELU's input) and
-    GELU's output (the LayerNorm's input), plus the LayerNorm's output (the decoder's input)
-    when the decoder trains or LoRA's fp32 copy of dense's input."""
-    if arch.model_type not in BERT_STYLE:
-        return 0.0, 0.0
-    h = arch.hidden_size
-    head = 3 * b * h + (b * h if config.method == "full" else 4 * h if config.is_peft else 0)
-    return 2 * b * h, float(head)
-
-
-def mask_buffer_bytes(arch: ModelArch) -> float:
-    """Bytes of the causal-mask buffers MASK_BUFFERS' models keep beside their weights."""
-    if arch.model_type not in MASK_BUFFERS:
-        return 0.0
-    cfg = arch.text_config
-    positions = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0
-    per_layer = MASK_BUFFERS[arch.model_type]
-    return float(positions) ** 2 * (max(arch.num_layers, 1) if per_layer else 1)
 
 
 def logits_bytes_per_token(
