@@ -28,7 +28,12 @@ from engine.plan.counts import (
 )
 from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.mixers import retained_graph_bytes
-from engine.plan.model_code import bert_style_bytes, mask_buffer_bytes, stack_config
+from engine.plan.model_code import (
+    bert_style_bytes,
+    mask_buffer_bytes,
+    recurrent_stack,
+    stack_config,
+)
 from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
 from engine.plan.params import (
     ParamRoles,
@@ -196,7 +201,10 @@ def stack_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> t
     roles = attached_roles(arch) if config.is_peft else None
     transient = lora_output_transient_bytes(roles, config) if roles is not None else 0.0
     stack = stack_activations(arch, config, b, forward_extra=transient)
-    lora = _lora_saved_bytes(arch, config)
+    lora = _lora_saved_bytes(arch, config)  # summed over the modules, per num_layers
+    recurrent = recurrent_stack(arch)
+    if recurrent is not None:  # per physical layer, each run of which keeps its own
+        lora *= max(arch.num_layers, 1) / recurrent[0]
     return stack.total + lora * max(arch.num_layers, 1), stack.largest + lora
 
 
@@ -376,12 +384,13 @@ def estimate_memory(
     notes = list(states.notes)
     tokens = config.tokens_per_micro_batch
     h = arch.hidden_size
-    n_layers = arch.num_layers
+    recurrent = recurrent_stack(arch)
+    n_layers = recurrent[1] if recurrent is not None else arch.num_layers  # layer runs
 
     layers_config = stack_config(arch, config)
     stack_tokens = layers_config.tokens_per_micro_batch  # the decoder stack's positions
     stack_bytes, largest_layer = stack_activation_bytes(arch, layers_config, b)
-    per_layer = stack_bytes / max(n_layers, 1) * calibration.activation_scale
+    per_layer = stack_bytes / max(arch.num_layers, 1) * calibration.activation_scale
     largest_layer *= calibration.activation_scale
     mixed = config.method == "full" and config.dtype != "fp32" and not config.pure_bf16
     upcast = config.method == "qlora" and config.kbit_upcast

@@ -62,3 +62,23 @@ def mask_buffer_bytes(arch: ModelArch) -> float:
     positions = arch.max_positions or 0
     per_layer = MASK_BUFFERS[arch.model_type]
     return float(positions) ** 2 * (max(arch.num_layers, 1) if per_layer else 1)
+
+
+def recurrent_stack(arch: ModelArch) -> tuple[int, int] | None:
+    """HRM-Text: (its physical decoder layers, the layer runs that keep activations for
+    backward). Its H and L stacks of num_layers_per_stack layers each run in cycles: per H
+    cycle, L_cycles runs of the L stack (only the last L_bp_cycles with gradients, the rest
+    under no_grad) and one of the H stack; num_hidden_layers counts cache slots, not layers."""
+    if arch.model_type != "hrm_text":
+        return None
+    cfg = arch.text_config
+    per_stack = cfg.get("num_layers_per_stack")
+    cycles = cfg.get("H_cycles")
+    low = cfg.get("L_cycles")
+    if not all(isinstance(v, int) and v > 0 for v in (per_stack, cycles, low)):
+        return None
+    assert isinstance(per_stack, int) and isinstance(cycles, int) and isinstance(low, int)
+    raw = [int(v) for v in cfg.get("L_bp_cycles") or ()]
+    padded = [1] * max(0, cycles - len(raw)) + raw  # as HrmTextModel pads L_bp_cycles
+    graded = sum(min(padded[i] if i < len(padded) else 1, low) for i in range(cycles))
+    return 2 * per_stack, per_stack * (graded + cycles)
