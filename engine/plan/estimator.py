@@ -30,6 +30,7 @@ from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.mixers import retained_graph_bytes
 from engine.plan.model_code import (
     bert_style_bytes,
+    embed_projection_bytes,
     mask_buffer_bytes,
     recurrent_stack,
     stack_config,
@@ -398,6 +399,9 @@ def estimate_memory(
     logits = logits_bytes_per_token(arch, 4 if upcast else b, calibration, loss_path) * tokens
     cast_weights = params.per_layer_linear * b if mixed else 0.0  # autocast's weight copies
     embeddings, head = bert_style_bytes(arch, config, residual)
+    projected_in, projected_out = embed_projection_bytes(arch, config, b)
+    embeddings += projected_in
+    head += projected_out
     logits += head * tokens  # the head's transform, freed with the logits
     roles = attached_roles(arch)
     ckpt = config.grad_ckpt and (roles is None or roles.checkpointing)  # CTRL cannot

@@ -82,3 +82,18 @@ def recurrent_stack(arch: ModelArch) -> tuple[int, int] | None:
     padded = [1] * max(0, cycles - len(raw)) + raw  # as HrmTextModel pads L_bp_cycles
     graded = sum(min(padded[i] if i < len(padded) else 1, low) for i in range(cycles))
     return 2 * per_stack, per_stack * (graded + cycles)
+
+
+def embed_projection_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> tuple[float, float]:
+    """Per token, (embeddings side, head side) for OPT's word_embed_proj_dim projections
+    (project_in before the layers, project_out after them, outside the checkpointed layers):
+    LoRA keeps an fp32 copy of each one's input, a full fine-tune the input itself."""
+    width = arch.text_config.get("word_embed_proj_dim")
+    h = arch.hidden_size
+    if not isinstance(width, int) or isinstance(width, bool) or width in (0, h):
+        return 0.0, 0.0
+    if config.method == "full":
+        return float(b * width), float(b * h)
+    if config.is_peft:
+        return float(4 * width), float(4 * h)
+    return 0.0, 0.0
