@@ -55,7 +55,8 @@ def test_bert_style_head_and_hrm_runs() -> None:
 
 
 @pytest.mark.parametrize(
-    "model_type", ["cpmant", "ctrl", "gpt_neox_japanese", "gpt_bigcode", "roberta-prelayernorm"]
+    "model_type",
+    ["cpmant", "ctrl", "gpt_neox_japanese", "gpt_bigcode", "roberta-prelayernorm", "opt"],
 )
 def test_within_tolerance_of_the_dry_run(model_type: str) -> None:
     pytest.importorskip("peft")
