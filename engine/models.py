@@ -25,7 +25,19 @@ _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "m
 _EXPERTS_PER_TOKEN_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts")
 # Architectures whose MLP is up -> activation -> down, without a gate.
 _PLAIN_MLP_TYPES = frozenset(
-    {"gpt2", "gpt_bigcode", "bloom", "gpt_neox", "falcon", "opt", "phi", "starcoder2", "gptj"}
+    {
+        "gpt2",
+        "gpt_bigcode",
+        "bloom",
+        "gpt_neox",
+        "falcon",
+        "opt",
+        "phi",
+        "starcoder2",
+        "gptj",
+        "ctrl",
+        "gpt_neox_japanese",
+    }
 )
 
 
@@ -74,11 +86,20 @@ class ModelArch:
 
     @cached_property
     def head_dim(self) -> int:
-        return int(self._get("head_dim", default=self.hidden_size // self.num_heads))
+        return int(self._get("head_dim", "dim_head", default=self.hidden_size // self.num_heads))
 
     @cached_property
     def intermediate_size(self) -> int:
-        return int(self._get("intermediate_size", "n_inner", default=4 * self.hidden_size))
+        return int(
+            self._get(
+                "intermediate_size",
+                "n_inner",
+                "dim_ff",
+                "dff",
+                "ffn_dim",
+                default=4 * self.hidden_size,
+            )
+        )
 
     @cached_property
     def vocab_size(self) -> int:

@@ -368,11 +368,27 @@ def _deltanet(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     return total
 
 
+# models whose MLP activation is an nn.ReLU written into the code, not named in the config
+RELU_MLP_TYPES = frozenset({"ctrl"})
+
+
+def relu_mlp(arch: ModelArch) -> bool:
+    """Whether the MLP's activation is ReLU, which keeps its output (not its input) for
+    backward: the same tensor the product or down_proj keeps, so it is saved once."""
+    cfg = _cfg(arch)
+    act = cfg.get("hidden_act") or cfg.get("activation_function") or cfg.get("hidden_activation")
+    return act == "relu" or arch.model_type in RELU_MLP_TYPES
+
+
 def _mlp(arch: ModelArch, config: TrainingConfig, b: int, f: int) -> float:
     """A (gated) MLP's saved tensors: gate output (the activation's input), activation and up
-    outputs; down_proj's input when it is trainable."""
+    outputs; down_proj's input when it is trainable. A ReLU keeps its output, which is the
+    product's (or, ungated, down_proj's) input anyway: one tensor fewer."""
     full = config.method == "full"
-    return (3 if arch.gated_mlp else 1) * b * f + (b * f if full else 0)
+    relu = relu_mlp(arch)
+    if arch.gated_mlp:
+        return (2 if relu else 3) * b * f + (b * f if full else 0)
+    return b * f + (b * f if full and not relu else 0)
 
 
 def _shared_expert_size(arch: ModelArch) -> int:

@@ -28,6 +28,13 @@ from engine.plan.counts import (
 )
 from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.mixers import retained_graph_bytes
+from engine.plan.model_code import (
+    bert_style_bytes,
+    embed_projection_bytes,
+    mask_buffer_bytes,
+    recurrent_stack,
+    stack_config,
+)
 from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
 from engine.plan.params import (
     ParamRoles,
@@ -196,7 +203,10 @@ def stack_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> t
     roles = attached_roles(arch) if config.is_peft else None
     transient = lora_output_transient_bytes(roles, config) if roles is not None else 0.0
     stack = stack_activations(arch, config, b, forward_extra=transient)
-    lora = _lora_saved_bytes(arch, config)
+    lora = _lora_saved_bytes(arch, config)  # summed over the modules, per num_layers
+    recurrent = recurrent_stack(arch)
+    if recurrent is not None:  # per physical layer, each run of which keeps its own
+        lora *= max(arch.num_layers, 1) / recurrent[0]
     return stack.total + lora * max(arch.num_layers, 1), stack.largest + lora
 
 
@@ -376,30 +386,39 @@ def estimate_memory(
     notes = list(states.notes)
     tokens = config.tokens_per_micro_batch
     h = arch.hidden_size
-    n_layers = arch.num_layers
+    recurrent = recurrent_stack(arch)
+    n_layers = recurrent[1] if recurrent is not None else arch.num_layers  # layer runs
 
-    stack_bytes, largest_layer = stack_activation_bytes(arch, config, b)
-    per_layer = stack_bytes / max(n_layers, 1) * calibration.activation_scale
+    layers_config = stack_config(arch, config)
+    stack_tokens = layers_config.tokens_per_micro_batch  # the decoder stack's positions
+    stack_bytes, largest_layer = stack_activation_bytes(arch, layers_config, b)
+    per_layer = stack_bytes / max(arch.num_layers, 1) * calibration.activation_scale
     largest_layer *= calibration.activation_scale
     mixed = config.method == "full" and config.dtype != "fp32" and not config.pure_bf16
     upcast = config.method == "qlora" and config.kbit_upcast
     residual = 4 if upcast else b  # the residual stream follows the embeddings' dtype
     logits = logits_bytes_per_token(arch, 4 if upcast else b, calibration, loss_path) * tokens
     cast_weights = params.per_layer_linear * b if mixed else 0.0  # autocast's weight copies
+    embeddings, head = bert_style_bytes(arch, config, residual)
+    projected_in, projected_out = embed_projection_bytes(arch, config, b)
+    embeddings += projected_in
+    head += projected_out
+    logits += head * tokens  # the head's transform, freed with the logits
     roles = attached_roles(arch)
     ckpt = config.grad_ckpt and (roles is None or roles.checkpointing)  # CTRL cannot
     if ckpt:
         # Checkpoints keep each layer's input. The loss is computed with only those alive;
         # later, backward recomputes one layer at a time and holds its activations plus the
         # gradient flowing through it (the logits are gone by then).
-        saved: float = n_layers * residual * h * tokens
+        saved: float = (n_layers * residual * h + embeddings) * stack_tokens
         at_loss = saved + logits
-        working = largest_layer * tokens + 4 * residual * h * tokens + cast_weights
+        working = largest_layer * stack_tokens + 4 * residual * h * stack_tokens + cast_weights
         if roles is not None:  # LoRA on fused experts: W + BA of the layer backward runs
             working += parameter_lora_transient_bytes(roles, config, b)
         at_recompute = saved + working
     else:
-        saved = n_layers * (per_layer * tokens + cast_weights) + 2 * residual * h * tokens
+        saved = n_layers * (per_layer * stack_tokens + cast_weights)
+        saved += (2 * residual * h + embeddings) * stack_tokens
         if roles is not None:
             saved += parameter_lora_saved_bytes(roles, config, b)
         # the last layer's widest LoRA forward, with every layer's saved tensors alive, or the
@@ -418,8 +437,10 @@ def estimate_memory(
     fb_grads = max(resident_grads, early_grads)
     # DDP keeps gradient buckets as a second copy of the gradients.
     ddp_buckets = states.gradients if config.num_gpus > 1 and config.sharding == "none" else 0.0
+    buffers = mask_buffer_bytes(arch)
     base = (
-        states.weights
+        buffers
+        + states.weights
         + states.trainable_weights
         + states.optimizer
         + states.gathered_params
@@ -427,7 +448,8 @@ def estimate_memory(
         + ddp_buckets
     )
     optimizer_step = (
-        states.weights
+        buffers
+        + states.weights
         + states.trainable_weights
         + states.gradients
         + ddp_buckets
@@ -448,6 +470,7 @@ def estimate_memory(
 
     common = {
         "weights": states.weights
+        + buffers
         + (states.gathered_params if peak_phase != "optimizer_step" else 0),
         "trainable_weights": states.trainable_weights,
         "optimizer_states": states.optimizer,
