@@ -22,7 +22,12 @@ from profiles import find_model_profile, model_profile_names, normalize_name
 
 # Keys that mean "this is a mixture-of-experts model" across architectures' config.json files.
 _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
-_EXPERTS_PER_TOKEN_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts")
+_EXPERTS_PER_TOKEN_KEYS = (
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "moe_top_k",
+    "num_selected_experts",
+)
 # Architectures whose MLP is up -> activation -> down, without a gate.
 _PLAIN_MLP_TYPES = frozenset(
     {
@@ -193,9 +198,18 @@ _ENCODER_TYPES = frozenset(
         "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "distilbert", "albert", "electra",
         "deberta", "deberta-v2", "camembert", "mpnet", "ernie", "modernbert", "nomic_bert",
         "xlnet", "longformer", "big_bird", "convbert", "funnel", "layoutlm", "megatron-bert",
-        "rembert", "roformer", "squeezebert", "mobilebert", "esm", "data2vec-text",
+        "rembert", "roformer", "squeezebert", "mobilebert", "esm", "data2vec-text", "xmod",
     }
 )  # fmt: skip
+# Causal-LM classes a text-only fine-tune cannot train, and why (checked before the head name,
+# as their checkpoints name a causal-LM head).
+_NOT_TEXT_LMS = {
+    "git": "GIT is an image-to-text model: its loss expects image tokens before the text",
+    "gemma4_assistant": "it is a draft model for speculative decoding: its forward needs the "
+    "main Gemma 4 model's embeddings and key/value states",
+    "gemma4_unified_assistant": "it is a draft model for speculative decoding: its forward "
+    "needs the main Gemma 4 model's embeddings and key/value states",
+}
 # Architecture class names that generate text left to right.
 _CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 # Dimensions every decoder has; (keys tried in order, smallest sane value).
@@ -242,6 +256,8 @@ def check_causal_lm(config: dict[str, Any], where: str) -> None:
     text = text_config if isinstance(text_config, dict) else config
     if config.get("is_encoder_decoder") is True or text.get("is_encoder_decoder") is True:
         raise _not_plannable(where, f"{config.get('model_type', 'it')} is an encoder-decoder model")
+    if str(config.get("model_type")) in _NOT_TEXT_LMS:
+        raise _not_plannable(where, _NOT_TEXT_LMS[str(config.get("model_type"))])
     architectures = config.get("architectures")
     if isinstance(architectures, list) and architectures:
         names = [str(a) for a in architectures]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.models import ModelArch
+from engine.plan.kda import KDA, kda_backward, kda_bytes, kda_mixer
 from engine.plan.mixers import (
     LIGHTNING,
     REL_KINDS,
@@ -105,7 +106,7 @@ def _mixer_of(cfg: dict[str, Any], name: str) -> str:
     """A layer-type string as configs spell it, as one of the mixers above."""
     name = str(name).lower()
     # Inkling's relative-bias attention, MiniMax's lightning attention (engine.plan.mixers)
-    other = rel_mixer(cfg, name) or lightning_mixer(cfg, name)
+    other = rel_mixer(cfg, name) or lightning_mixer(cfg, name) or kda_mixer(cfg, name)
     if other:
         return other
     if name in ("sliding_attention", "chunked_attention", "local", "sliding"):
@@ -423,6 +424,8 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += _mamba1(arch, config, b)
     elif kind.mixer == DELTANET:
         total += _deltanet(arch, config, b)
+    elif kind.mixer == KDA:
+        total += kda_bytes(arch, config, b, _cfg(arch))
     elif kind.mixer == LIGHTNING:
         total += lightning_bytes(arch, config, b)
     elif kind.mixer == RGLRU:
@@ -475,6 +478,8 @@ def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind, b: 
     if kind.mixer == DELTANET:
         hv = _int(cfg, "linear_num_value_heads", default=32)
         total += 4 * hv * 2 * _GDN_CHUNK * _padded(config.seq_len, _GDN_CHUNK)
+    if kind.mixer == KDA:
+        total += kda_backward(config, cfg)
     if kind.mixer in REL_KINDS:
         total += rel_attention_backward(arch, config, b, kind.mixer, runs_eager(arch, config))
     return total

@@ -36,7 +36,14 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, MOE_FFN, VOCAB = 256, 4, 2, 64, 512, 128
 # Layer counts and dimensions as config keys spell them; a key is only changed when present.
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
-_TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts", "top_k", "moe_k")
+_TOP_K_KEYS = (
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "moe_top_k",
+    "num_selected_experts",
+    "top_k",
+    "moe_k",
+)
 # State-space and linear-attention blocks, shrunk together: 8 heads over twice the hidden size
 # (head dims follow), a smaller state. Their PyTorch scans cost heads x chunk per token.
 SSM_HEADS, SSM_STATE = 8, 64
@@ -142,6 +149,12 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
             out[key] = _sample_pattern(value, n_layers)  # each kind of layer stays
         elif isinstance(value, list) and len(value) == layers and key.endswith("_layers"):
             out[key] = value[:n_layers]
+    kinds = out.get("layers_block_type")
+    if out.get("model_type") == "zamba" and isinstance(kinds, list) and kinds.count("hybrid") == 1:
+        # Zamba ties its shared attention block from the first hybrid layer to the others, and
+        # transformers cannot build one with a single hybrid layer: keep a second
+        last = len(kinds) - 1 - kinds[::-1].index("linear_attention")
+        out["layers_block_type"] = [*kinds[:last], "hybrid", *kinds[last + 1 :]]
     if isinstance(out.get("hybrid_layer_ids"), list) and isinstance(
         out.get("layers_block_type"), list
     ):  # Zamba-2 saves the derived list: derive it again
@@ -182,6 +195,8 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
             if "qk_head_dim" in out:
                 out["qk_head_dim"] = out.get("qk_nope_head_dim", 0) + out.get("qk_rope_head_dim", 0)
         _shrink_ssm(out)
+        if isinstance(out.get("mamba_dt_rank"), int) and isinstance(out.get("hidden_size"), int):
+            out["mamba_dt_rank"] = -(-out["hidden_size"] // 16)  # its "auto": hidden / 16
         vocab = out.get("vocab_size")
         for key, value in list(out.items()):
             # special tokens must stay inside the smaller vocabulary
@@ -211,10 +226,10 @@ def _shrink_ssm(out: dict[str, Any]) -> None:
     if heads_key is not None and isinstance(hidden, int):
         expand = out.get("mamba_expand")
         inner = (expand if isinstance(expand, int) else 2) * hidden
-        out[heads_key] = SSM_HEADS
+        out[heads_key] = min(out[heads_key], SSM_HEADS)  # Zamba has 2: not more
         for key in _SSM_HEAD_DIM_KEYS:
             if isinstance(out.get(key), int):
-                out[key] = inner // SSM_HEADS
+                out[key] = inner // out[heads_key]
         if isinstance(out.get("mamba_d_ssm"), int):
             out["mamba_d_ssm"] = inner
     for key in _SSM_STATE_KEYS:

@@ -147,9 +147,29 @@ def dry_run(arch: ModelArch, config: TrainingConfig, *, steps: int = 2) -> DryRu
         raise
     except Exception as exc:  # a model's code the dry run cannot follow: say so, in one line
         raise DryRunError(
-            f"the dry run of {arch.name} ({arch.model_type}) cannot run: {one_line(exc)}",
+            f"the dry run of {arch.name} ({arch.model_type}) cannot run: {_why(exc)}",
             "the analytic estimate stands",
         ) from exc
+
+
+def _why(exc: Exception) -> str:
+    """One line for a failure; data-dependent routing named for what it is.
+
+    Fake tensors have shapes but no values: an expert loop that sizes its batches from the
+    router's choices (`nonzero`, `.tolist()`, `.item()`) cannot be followed, and the real peak
+    depends on how real data routes. Only the analytic estimate (an even split) can plan it.
+    """
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+    )
+
+    if isinstance(exc, (DataDependentOutputException, DynamicOutputShapeException)):
+        return (
+            f"its forward sizes tensors from their values ({exc.func}, as in routing tokens "
+            "to experts), which fake tensors do not have"
+        )
+    return one_line(exc)
 
 
 def _dry_run(arch: ModelArch, config: TrainingConfig, steps: int) -> DryRunResult:
@@ -196,7 +216,7 @@ def _dry_run(arch: ModelArch, config: TrainingConfig, steps: int) -> DryRunResul
         except Exception as exc:
             raise DryRunError(
                 f"the dry run of {arch.name} ({arch.model_type}) failed in the {ledger.phase} "
-                f"phase: {one_line(exc)}",
+                f"phase: {_why(exc)}",
                 "the analytic estimate stands",
             ) from exc
         ledger.set_phase("done")
