@@ -1,6 +1,7 @@
 """Token mixers that are not plain attention: the analytic tier models what their PyTorch
 code saves for backward (Inkling's relative-bias attention, RecurrentGemma's RG-LRU,
-MiniMax's lightning attention) within 10% of the dry run on shrunk configs."""
+MiniMax's lightning attention) within 10% of the dry run on shrunk configs; Inkling 2's
+lm_head is unpadded_vocab_size wide and softcaps its logits in fp32."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def _error(model_type: str, method: str, seq_len: int) -> float:
         ("inkling_text", "lora", 512),  # relative-bias attention on the mem-efficient kernel
         ("recurrent_gemma", "full", 128),  # RG-LRU scan state and its retained graph
         ("minimax", "lora", 128),  # lightning attention's per-block decayed scores
+        ("inkling2_text", "lora", 512),  # fp32 softcapped logits, unpadded_vocab_size wide
     ],
 )
 def test_the_analytic_estimate_follows_non_attention_mixers(
