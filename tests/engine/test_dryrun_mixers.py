@@ -1,7 +1,8 @@
 """Token mixers that are not plain attention: the analytic tier models what their PyTorch
 code saves for backward (Inkling's relative-bias attention, RecurrentGemma's RG-LRU,
 MiniMax's lightning attention) within 10% of the dry run on shrunk configs; Inkling 2's
-lm_head is unpadded_vocab_size wide and softcaps its logits in fp32."""
+lm_head is unpadded_vocab_size wide and softcaps its logits in fp32; Jamba's Mamba-1 scan
+loop gets its gradients step by step into full-size buffers."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def _error(model_type: str, method: str, seq_len: int) -> float:
         ("recurrent_gemma", "full", 128),  # RG-LRU scan state and its retained graph
         ("minimax", "lora", 128),  # lightning attention's per-block decayed scores
         ("inkling2_text", "lora", 512),  # fp32 softcapped logits, unpadded_vocab_size wide
+        ("jamba", "lora", 32),  # Mamba-1's per-step select_backward gradient buffers
     ],
 )
 def test_the_analytic_estimate_follows_non_attention_mixers(
