@@ -333,16 +333,26 @@ def _mamba2(arch: ModelArch, config: TrainingConfig, b: int) -> float:
 
 def _mamba1(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     """Mamba-1's PyTorch selective scan: per token and channel, the discretised A and B·u
-    (state-sized, fp32) and the scan's state, plus the projections."""
+    (state-sized, fp32) and the scan's state, plus the projections; the loop's matmul with
+    C keeps each step's state cast to the compute dtype too."""
     cfg = _cfg(arch)
     h = arch.hidden_size
     inner = _int(cfg, "mamba_expand", "expand", default=2) * h
     state = _int(cfg, "mamba_d_state", "state_size", default=16)
     rank = _int(cfg, "mamba_dt_rank", "time_step_rank", default=max(h // 16, 1))
-    total: float = b * (4 * inner + rank + 2 * state) + 4 * inner * state * 3
+    total: float = b * (4 * inner + rank + 2 * state) + (4 * 3 + b) * inner * state
     if config.method == "full":
         total += b * (h + inner + rank)
     return total
+
+
+def _mamba1_backward(arch: ModelArch) -> float:
+    """The scan loop reads discrete_A[:, :, i] and deltaB_u[:, :, i]: each step's gradient
+    comes back as a full-size fp32 select_backward tensor, summed into one buffer per
+    input, so backward holds the two buffers and the incoming step's tensor."""
+    cfg = _cfg(arch)
+    inner = _int(cfg, "mamba_expand", "expand", default=2) * arch.hidden_size
+    return 3 * 4 * inner * _int(cfg, "mamba_d_state", "state_size", default=16)
 
 
 def _deltanet(arch: ModelArch, config: TrainingConfig, b: int) -> float:
@@ -475,6 +485,8 @@ def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind, b: 
         state = _int(cfg, "mamba_d_state", "ssm_state_size", "state_size", default=128)
         chunk = _int(cfg, "mamba_chunk_size", "chunk_size", default=256)
         total += 4 * heads * (2 * chunk * _padded(config.seq_len, chunk) + 2 * state)
+    if kind.mixer == MAMBA:
+        total += _mamba1_backward(arch)
     if kind.mixer == DELTANET:
         hv = _int(cfg, "linear_num_value_heads", default=32)
         total += 4 * hv * 2 * _GDN_CHUNK * _padded(config.seq_len, _GDN_CHUNK)

@@ -222,9 +222,21 @@ def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> f
 LOSS_PATHS = ("v5", "legacy", "compute")
 
 
+# Inkling 2 pads its embedding table (vocab_size) but builds its lm_head
+# `unpadded_vocab_size` wide, then upcasts the logits before softcapping them; Inkling 1's
+# lm_head is vocab_size wide (sliced after), so it keeps vocab_size
+INKLING2 = frozenset({"inkling2", "inkling2_text", "inkling2_loop", "inkling2_loop_text"})
 # models whose transformers code upcasts the logits before softcapping them (BeamForCausalLM:
-# "bf16 tanh quantizes badly near saturation")
-FP32_SOFTCAP = frozenset({"beam"})
+# "bf16 tanh quantizes badly near saturation"; Inkling 2's `lm_head(h).float()`)
+FP32_SOFTCAP = frozenset({"beam"}) | INKLING2
+
+
+def logit_width(arch: ModelArch) -> int:
+    """How many logits the lm_head makes per token (see INKLING2)."""
+    unpadded = arch.text_config.get("unpadded_vocab_size")
+    if arch.model_type in INKLING2 and isinstance(unpadded, int) and unpadded > 0:
+        return unpadded
+    return arch.vocab_size
 
 
 def logits_bytes_per_token(
@@ -232,14 +244,14 @@ def logits_bytes_per_token(
 ) -> float:
     """Logits and loss bytes per token (see LOSS_PATHS)."""
     if loss_path == "compute":
-        return arch.vocab_size * 2 * b  # b: the lm_head's dtype
+        return logit_width(arch) * 2 * b  # b: the lm_head's dtype
     per_logit = calibration.legacy_logit_bytes if loss_path == "legacy" else calibration.logit_bytes
     # final logit softcapping (Gemma 2, nanochat): tanh(logits / cap) * cap keeps the tanh's
     # output for backward, a second copy of the logits (fp32 where the model softcaps in fp32)
     softcap = 0
     if arch.text_config.get("final_logit_softcapping"):
         softcap = 4 if arch.model_type in FP32_SOFTCAP else b
-    return arch.vocab_size * (max(per_logit, b + 8) + softcap)
+    return logit_width(arch) * (max(per_logit, b + 8) + softcap)
 
 
 @dataclass(frozen=True)
