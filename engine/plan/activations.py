@@ -468,8 +468,31 @@ def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKi
         return rel_attention_forward(arch, config, b, kind.mixer, runs_eager(arch, config))
     if kind.mixer != SPARSE_MLA:
         return 0.0
-    heads = _int(_cfg(arch), "index_n_heads", default=64)
-    return config.seq_len * (4 * (2 * heads + 2) + b)
+    cfg = _cfg(arch)
+    heads = _int(cfg, "index_n_heads", default=64)
+    dim = _int(cfg, "index_head_dim", default=128)
+    rope = _int(cfg, "qk_rope_head_dim")
+    keys = config.seq_len
+    # the indexer's queries stay alive through its scoring: wq_b's output (a split view of it
+    # is held), the roped part and their concatenation, in the compute dtype
+    queries = heads * (2 * dim + rope) * b
+    # the scoring matmul takes an fp32 copy of the queries beside its fp32 output; the scale
+    # and the ReLU then hold two fp32 score tensors at once
+    scoring = max(4 * heads * dim + 4 * heads * keys, 2 * 4 * heads * keys)
+    return queries + scoring + keys * (2 * 4 + b) - _saved_after_indexer(arch, config, b, kind)
+
+
+def _saved_after_indexer(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """What a sparse-MLA layer has not yet saved when its indexer runs (after q, k and v are
+    built): the attention's output (and o_proj's input), its log-sum-exp, the second norm and
+    the MLP, so the indexer's transients meet only the layer's earlier saved tensors."""
+    v_dim = _int(_cfg(arch), "v_head_dim", default=arch.head_dim)
+    out = arch.num_heads * v_dim * b * (2 if config.method == "full" else 1)
+    scores = attention_scores_bytes(arch, config, b, config.seq_len)
+    mlp_side = layer_bytes(arch, config, b, kind) - layer_bytes(
+        arch, config, b, LayerKind(kind.mixer, NO_MLP)
+    )
+    return out + scores + mlp_side
 
 
 def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
