@@ -282,6 +282,24 @@ def _mla(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     return total
 
 
+def hyper_streams(arch: ModelArch) -> int:
+    """How many hidden vectors wide the residual stream is: hyper-connections (DeepSeek-V4,
+    HY-V4) carry hc_mult streams between layers; 1 for a plain residual."""
+    return max(_int(_cfg(arch), "hc_mult", default=1), 1)
+
+
+def _hyper_connections(arch: ModelArch, b: int) -> float:
+    """What a layer's two hyper-connections (before attention, before the MLP) save: each
+    mixes its streams in fp32 (the flattened fp32 copy, kept by the RMS scale and by the
+    mixing Linear), keeps the streams it sums with the `pre` weights (compute dtype), and its
+    merge back keeps the fp32 copy of the branch output it spreads over the streams."""
+    streams = hyper_streams(arch)
+    if streams <= 1:
+        return 0.0
+    h = arch.hidden_size
+    return 2 * (4 * streams * h + 4 * h + b * streams * h)
+
+
 def _padded(seq: int, chunk: int) -> float:
     """Padded length per real token: the chunked scans pad the sequence to whole chunks."""
     return math.ceil(seq / chunk) * chunk / seq if chunk else 1.0
@@ -388,6 +406,7 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
     # keeps the normalised compute-dtype tensor. Two norms per layer (one without an MLP).
     norm = (4 * h if arch.rms_norm else b * h) + (b * h if full else 0)
     total: float = norm * (1 if kind.mlp == NO_MLP or kind.mixer == "none" else 2)
+    total += _hyper_connections(arch, b)
     if kind.mixer in (ATTENTION, SLIDING):
         # a sliding window saves what full attention saves: flash/sdpa keep no scores, and
         # eager attention computes every key's score and masks those outside the window
@@ -477,9 +496,12 @@ def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKi
     # is held), the roped part and their concatenation, in the compute dtype
     queries = heads * (2 * dim + rope) * b
     # the scoring matmul takes an fp32 copy of the queries beside its fp32 output; the scale
-    # and the ReLU then hold two fp32 score tensors at once
-    scoring = max(4 * heads * dim + 4 * heads * keys, 2 * 4 * heads * keys)
-    return queries + scoring + keys * (2 * 4 + b) - _saved_after_indexer(arch, config, b, kind)
+    # and the ReLU then hold two fp32 score tensors at once; then one score tensor meets the
+    # fp32 per-key sum and its masked copy
+    scoring = max(
+        4 * heads * dim + 4 * heads * keys, 2 * 4 * heads * keys, 4 * heads * keys + 2 * 4 * keys
+    )
+    return queries + scoring - _saved_after_indexer(arch, config, b, kind)
 
 
 def _saved_after_indexer(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
