@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.dsv4 import csa_indexer_bytes
+from engine.plan.dsv4 import csa_indexer_bytes, lora_inputs_after_attention
 from engine.plan.mixers import (
     LIGHTNING,
     REL_KINDS,
@@ -489,7 +489,10 @@ def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKi
     if kind.mixer == ATTENTION:  # DeepSeek-V4's CSA layers (engine.plan.dsv4)
         indexer = csa_indexer_bytes(_cfg(arch), config.seq_len, b)
         # it runs inside the attention, before the scores, the output and the MLP are saved
-        return max(indexer - _saved_after_indexer(arch, config, b, kind), 0.0) if indexer else 0.0
+        later = _saved_after_indexer(arch, config, b, kind) + lora_inputs_after_attention(
+            arch, config
+        )
+        return max(indexer - later, 0.0) if indexer else 0.0
     if kind.mixer != SPARSE_MLA:
         return 0.0
     cfg = _cfg(arch)

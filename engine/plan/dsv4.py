@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.models import ModelArch
+from engine.plan.params import adapted_groups, attached_roles
+from engine.training_config import TrainingConfig
+
 CSA = "compressed_sparse_attention"
 
 
@@ -36,3 +40,26 @@ def csa_indexer_bytes(cfg: dict[str, Any], seq_len: int, b: int) -> float:
     assert isinstance(rate, int) and isinstance(heads, int) and isinstance(dim, int)
     keys = seq_len // rate
     return heads * dim * (b + 4) + 3 * 4 * heads * keys
+
+
+# Linears that run after the attention's scores: the output projection and the MLP's. PEFT's
+# fp32 copies of their inputs do not exist yet while the indexer runs (gate_proj is left out:
+# the CSA/HCA compressors, which run before the indexer, have one of that name too).
+_AFTER_ATTENTION = frozenset(
+    {"o_proj", "o_a_proj", "o_b_proj", "out_proj", "up_proj", "down_proj", "gate_up_proj"}
+)
+
+
+def lora_inputs_after_attention(arch: ModelArch, config: TrainingConfig) -> float:
+    """Per token per layer: the fp32 inputs PEFT keeps for the adapted Linears that run after
+    the attention, which the estimator counts for the whole layer but which are not yet made
+    when the indexer's transient peaks."""
+    roles = attached_roles(arch) if config.is_peft else None
+    if roles is None:
+        return 0.0
+    layers = max(arch.num_layers, 1)
+    return sum(
+        4 * group.in_features / layers
+        for group in adapted_groups(roles, config)
+        if group.name in _AFTER_ATTENTION and not group.tower
+    )
