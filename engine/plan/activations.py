@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.models import ModelArch
+from engine.plan.dsv4 import csa_indexer_bytes, lora_inputs_after_attention
 from engine.plan.kda import KDA, kda_backward, kda_bytes, kda_mixer
 from engine.plan.mixers import (
     LIGHTNING,
@@ -288,6 +289,24 @@ def _mla(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     return total
 
 
+def hyper_streams(arch: ModelArch) -> int:
+    """How many hidden vectors wide the residual stream is: hyper-connections (DeepSeek-V4,
+    HY-V4) carry hc_mult streams between layers; 1 for a plain residual."""
+    return max(_int(_cfg(arch), "hc_mult", default=1), 1)
+
+
+def _hyper_connections(arch: ModelArch, b: int) -> float:
+    """What a layer's two hyper-connections (before attention, before the MLP) save: each
+    mixes its streams in fp32 (the flattened fp32 copy, kept by the RMS scale and by the
+    mixing Linear), keeps the streams it sums with the `pre` weights (compute dtype), and its
+    merge back keeps the fp32 copy of the branch output it spreads over the streams."""
+    streams = hyper_streams(arch)
+    if streams <= 1:
+        return 0.0
+    h = arch.hidden_size
+    return 2 * (4 * streams * h + 4 * h + b * streams * h)
+
+
 def _padded(seq: int, chunk: int) -> float:
     """Padded length per real token: the chunked scans pad the sequence to whole chunks."""
     return math.ceil(seq / chunk) * chunk / seq if chunk else 1.0
@@ -420,6 +439,7 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
     # keeps the normalised compute-dtype tensor. Two norms per layer (one without an MLP).
     norm = (4 * h if arch.rms_norm else b * h) + (b * h if full else 0)
     total: float = norm * (1 if kind.mlp == NO_MLP or kind.mixer == "none" else 2)
+    total += _hyper_connections(arch, b)
     if kind.mixer in (ATTENTION, SLIDING):
         # a sliding window saves what full attention saves: flash/sdpa keep no scores, and
         # eager attention computes every key's score and masks those outside the window
@@ -504,10 +524,43 @@ def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKi
     with a dense mask."""
     if kind.mixer in REL_KINDS:
         return rel_attention_forward(arch, config, b, kind.mixer, runs_eager(arch, config))
+    if kind.mixer == ATTENTION:  # DeepSeek-V4's CSA layers (engine.plan.dsv4)
+        indexer = csa_indexer_bytes(_cfg(arch), config.seq_len, b)
+        # it runs inside the attention, before the scores, the output and the MLP are saved
+        later = _saved_after_indexer(arch, config, b, kind) + lora_inputs_after_attention(
+            arch, config
+        )
+        return max(indexer - later, 0.0) if indexer else 0.0
     if kind.mixer != SPARSE_MLA:
         return 0.0
-    heads = _int(_cfg(arch), "index_n_heads", default=64)
-    return config.seq_len * (4 * (2 * heads + 2) + b)
+    cfg = _cfg(arch)
+    heads = _int(cfg, "index_n_heads", default=64)
+    dim = _int(cfg, "index_head_dim", default=128)
+    rope = _int(cfg, "qk_rope_head_dim")
+    keys = config.seq_len
+    # the indexer's queries stay alive through its scoring: wq_b's output (a split view of it
+    # is held), the roped part and their concatenation, in the compute dtype
+    queries = heads * (2 * dim + rope) * b
+    # the scoring matmul takes an fp32 copy of the queries beside its fp32 output; the scale
+    # and the ReLU then hold two fp32 score tensors at once; then one score tensor meets the
+    # fp32 per-key sum and its masked copy
+    scoring = max(
+        4 * heads * dim + 4 * heads * keys, 2 * 4 * heads * keys, 4 * heads * keys + 2 * 4 * keys
+    )
+    return queries + scoring - _saved_after_indexer(arch, config, b, kind)
+
+
+def _saved_after_indexer(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """What a sparse-MLA layer has not yet saved when its indexer runs (after q, k and v are
+    built): the attention's output (and o_proj's input), its log-sum-exp, the second norm and
+    the MLP, so the indexer's transients meet only the layer's earlier saved tensors."""
+    v_dim = _int(_cfg(arch), "v_head_dim", default=arch.head_dim)
+    out = arch.num_heads * v_dim * b * (2 if config.method == "full" else 1)
+    scores = attention_scores_bytes(arch, config, b, config.seq_len)
+    mlp_side = layer_bytes(arch, config, b, kind) - layer_bytes(
+        arch, config, b, LayerKind(kind.mixer, NO_MLP)
+    )
+    return out + scores + mlp_side
 
 
 def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.activations import stack_activations
+from engine.plan.activations import hyper_streams, stack_activations
 from engine.plan.counts import (
     Linear,
     ParamCounts,
@@ -422,15 +422,24 @@ def estimate_memory(
         # Checkpoints keep each layer's input. The loss is computed with only those alive;
         # later, backward recomputes one layer at a time and holds its activations plus the
         # gradient flowing through it (the logits are gone by then).
-        saved: float = (n_layers * residual * h + embeddings) * stack_tokens
+        # (with hyper-connections the stream between layers is hc_mult hidden vectors wide)
+        stream = h * hyper_streams(arch)
+        saved: float = (n_layers * residual * stream + embeddings) * stack_tokens
         at_loss = saved + logits
-        working = largest_layer * stack_tokens + 4 * residual * h * stack_tokens + cast_weights
+        # the gradient arriving from the layer above is as wide as the stream; the layer's
+        # own hidden-sized gradients are not
+        working = (
+            largest_layer * stack_tokens
+            + residual * (4 * h + stream - h) * stack_tokens
+            + cast_weights
+        )
         if roles is not None:  # LoRA on fused experts: W + BA of the layer backward runs
             working += parameter_lora_transient_bytes(roles, config, b)
         at_recompute = saved + working
     else:
+        stream = h * hyper_streams(arch)
         saved = n_layers * (per_layer * stack_tokens + cast_weights)
-        saved += (2 * residual * h + embeddings) * stack_tokens
+        saved += (2 * residual * stream + embeddings) * stack_tokens
         if roles is not None:
             saved += parameter_lora_saved_bytes(roles, config, b)
         # the last layer's widest LoRA forward, with every layer's saved tensors alive, or the

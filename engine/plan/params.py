@@ -59,7 +59,8 @@ class LinearGroup:
     out_features: int  # sum over the modules
     weights: int  # sum of in x out
     expert: bool  # routed experts as separate linears: a token visits k of them per layer
-    # in a vision/audio tower: text-only training never runs it (no activations, no gradients)
+    # in a vision/audio tower, which text-only training never runs, or in DeepSeek sparse
+    # attention's indexer, which runs under no_grad: no saved activations, no gradients
     tower: bool = False
 
 
@@ -248,6 +249,8 @@ def _current(data: dict[str, Any], roles: ParamRoles) -> bool:
     """Whether counts on disk hold everything this version reads."""
     if "no_gradient" not in data:
         return False  # written before towers, checkpointing and kernels were recorded
+    if roles.no_gradient and not any(group.tower for group in roles.linears):
+        return False  # written before the indexer's Linears were marked as never trained
     # written before LoRA on fused experts was recorded per parameter
     return not (roles.parameter_lora and not roles.parameter_lora_parts)
 
@@ -351,8 +354,9 @@ def parameter_lora(roles: ParamRoles, config: TrainingConfig) -> int:
 
 def idle_trainable(roles: ParamRoles, config: TrainingConfig | None) -> int:
     """Trainable parameters text-only training never updates: the vision/audio towers of a
-    multimodal checkpoint (full fine-tune) or LoRA's adapters on them. The forward never runs
-    them, so they get no gradient and AdamW keeps no state for them."""
+    multimodal checkpoint (full fine-tune) or LoRA's adapters on them, and DeepSeek sparse
+    attention's indexer (run under no_grad) or the adapters on its Linears. They get no
+    gradient, so AdamW keeps no state for them."""
     if config is None:
         return 0
     if config.method == "full":
@@ -544,7 +548,8 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
                 in_f, out_f = module.in_features, module.out_features
             leaf = module_name.rsplit(".", 1)[-1]
             expert = bool(_ROUTED.search(module_name)) and not _SHARED.search(module_name)
-            tower = bool(_TOWER.search(module_name.lower()))
+            # DSA's indexer runs under no_grad: like a tower, its LoRA gets no gradient
+            tower = bool(_TOWER.search(module_name.lower()) or _INDEXER.search(module_name))
             sums = groups.setdefault((leaf, expert, tower), [0, 0, 0, 0])
             if id(weight) not in seen:
                 sums[0] += 1
