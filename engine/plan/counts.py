@@ -10,13 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from engine.models import ModelArch
-from engine.plan.params import (
-    ParamRoles,
-    attached_roles,
-    idle_trainable,
-    lora_param_count,
-    parameter_lora,
-)
+from engine.plan.param_targets import idle_trainable, lora_param_count, parameter_lora
+from engine.plan.params import ParamRoles, attached_roles
 from engine.training_config import TrainingConfig
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.params import adapted_groups, attached_roles
+from engine.plan.param_targets import adapted_groups
+from engine.plan.params import attached_roles
 from engine.training_config import TrainingConfig
 
 CSA = "compressed_sparse_attention"

@@ -36,13 +36,8 @@ from engine.plan.model_code import (
     stack_config,
 )
 from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
-from engine.plan.params import (
-    ParamRoles,
-    adapted_groups,
-    attached_roles,
-    closed_form_reason,
-    lora_saved_input_bytes,
-)
+from engine.plan.param_targets import adapted_groups, lora_saved_input_bytes
+from engine.plan.params import ParamRoles, attached_roles, closed_form_reason
 from engine.training_config import PLANNED_METHODS, PREFERENCE_STAGES, TrainingConfig
 
 GIB = 1024**3

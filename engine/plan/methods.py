@@ -112,7 +112,8 @@ def check_fused_targets(arch: Any, targets: tuple[str, ...]) -> None:
 
     if not getattr(arch, "is_moe", False):
         return
-    from engine.plan.params import param_roles, partly_fused_targets
+    from engine.plan.param_targets import partly_fused_targets
+    from engine.plan.params import param_roles
 
     roles = param_roles(arch)
     fused, missing = partly_fused_targets(roles, targets) if roles is not None else ("", [])

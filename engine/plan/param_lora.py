@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.plan.params import ParamRoles, fused_target_parts, parameter_lora_share
+from engine.plan.param_targets import fused_target_parts, parameter_lora_share
+from engine.plan.params import ParamRoles
 from engine.training_config import TrainingConfig
 
 

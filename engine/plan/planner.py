@@ -26,7 +26,8 @@ from engine.plan.corrections import (
 )
 from engine.plan.estimator import GIB, MemoryEstimate, estimate_memory
 from engine.plan.hostmem import HOST_HEADROOM, gpus_per_node, host_ram_fits
-from engine.plan.params import attached_roles, lora_param_count, param_roles
+from engine.plan.param_targets import lora_param_count
+from engine.plan.params import attached_roles, param_roles
 from engine.plan.throughput import SPEED_BAND, tokens_per_s
 from engine.training_config import ALL_LINEAR, ConfigError, TrainingConfig
 from profiles import GpuProfile, gpu_profiles
