@@ -451,6 +451,8 @@ def estimate_memory(
         head = params.lm_head or params.embedding
         early_grads = head * (states.gradients / max(params.trainable - params.idle, 1))
     fb_grads = max(resident_grads, early_grads)
+    # backward recomputes the first layers last: by then every layer above has its gradient
+    recompute_grads = max(fb_grads, states.gradients * (1 - 1 / max(n_layers, 1)))
     # DDP keeps gradient buckets as a second copy of the gradients.
     ddp_buckets = states.gradients if config.num_gpus > 1 and config.sharding == "none" else 0.0
     buffers = mask_buffer_bytes(arch)
@@ -478,7 +480,7 @@ def estimate_memory(
     at_recompute += kept * max(kept_layers - 1, 0) * tokens if ckpt else 0.0
     phase_bytes = {
         "forward_backward": base + at_loss,
-        "recompute": base + at_recompute if ckpt else 0.0,
+        "recompute": base - fb_grads + recompute_grads + at_recompute if ckpt else 0.0,
         "optimizer_step": optimizer_step,
     }
     peak_phase = max(phase_bytes, key=lambda k: phase_bytes[k])
@@ -502,7 +504,7 @@ def estimate_memory(
     elif peak_phase == "recompute":
         breakdown = {
             **common,
-            "gradients": fb_grads + ddp_buckets,
+            "gradients": recompute_grads + ddp_buckets,
             "activations": at_recompute,
             "logits_and_loss": 0.0,
             "temporaries": 0.0,
