@@ -136,10 +136,9 @@ def test_every_causal_lm_is_counted_exactly(model_type: str) -> None:
     assert count_params(arch).total == sum(p.numel() for p in model.parameters())
 
 
-# Dry runs of every architecture take most of an hour on two cores (state-space models run
-# their reference scan token by token under fake tensors), so a test run covers this year's
-# fifteen; FTUI_EVERY_ARCHITECTURE=1 covers every causal LM transformers knows
-# (`python -m engine.plan.dryrun.coverage` prints the table with the analytic comparison).
+# tests/engine/test_coverage.py dry-runs every architecture and compares the memory; this
+# checks the dry run's trainable and frozen counts against ftui's for this year's fifteen
+# (FTUI_EVERY_ARCHITECTURE=1: every causal LM transformers knows).
 DRY_RUN_TYPES = (
     _causal_lm_types() if os.environ.get("FTUI_EVERY_ARCHITECTURE") else CURRENT_ARCHITECTURES
 )
