@@ -75,6 +75,15 @@ def classify(run: RunDir, returncode: int, *, stop_now: bool) -> dict[str, Any]:
         return {"status": "stopped" if stopped else "completed"}
     if stop_now:
         return {"status": "stopped", "failure": None, "note": "stopped with --now"}
+    if state.get("status") == "completed" and run.final.is_dir():
+        # the trainer saved the model and recorded the end; the launcher failed after that
+        # (torch.distributed's teardown can abort a rank: "terminate called without an active
+        # exception"): nothing of the run is lost
+        return {
+            "status": "completed",
+            "note": f"training finished and the model was saved; the launcher then exited "
+            f"with code {returncode} (see the log)",
+        }
     if state.get("failure") == "nan" or returncode == 4:
         return {"status": "failed", "failure": "nan", "log_tail": last_lines}
     if state.get("failure") == "oom" or returncode == 3 or any(m in tail for m in _OOM_MARKERS):
