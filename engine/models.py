@@ -203,12 +203,14 @@ _ENCODER_TYPES = frozenset(
 )  # fmt: skip
 # Causal-LM classes a text-only fine-tune cannot train, and why (checked before the head name,
 # as their checkpoints name a causal-LM head).
+_DRAFT_MODEL = (
+    "it is a draft model for speculative decoding: its forward needs the main Gemma 4 "
+    "model's embeddings and key/value states"
+)
 _NOT_TEXT_LMS = {
     "git": "GIT is an image-to-text model: its loss expects image tokens before the text",
-    "gemma4_assistant": "it is a draft model for speculative decoding: its forward needs the "
-    "main Gemma 4 model's embeddings and key/value states",
-    "gemma4_unified_assistant": "it is a draft model for speculative decoding: its forward "
-    "needs the main Gemma 4 model's embeddings and key/value states",
+    "gemma4_assistant": _DRAFT_MODEL,
+    "gemma4_unified_assistant": _DRAFT_MODEL,
 }
 # Architecture class names that generate text left to right.
 _CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")

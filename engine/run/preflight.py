@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FtuiError
+from engine.models import ModelArch
 from engine.run.spec import RunSpec, field_label
 
 
@@ -249,7 +250,7 @@ def check_method(spec: RunSpec) -> None:
         if spec.training.is_peft:
             check_fused_targets(arch, spec.training.targets)
         if spec.training.grad_ckpt:
-            check_checkpointing(str(spec.model_path))
+            check_checkpointing(arch)
     if spec.training.base_bits == 8 and importlib.util.find_spec("bitsandbytes") is None:
         raise FtuiError(
             "--base-bits 8 loads the base through bitsandbytes' LLM.int8, not installed",
@@ -257,13 +258,12 @@ def check_method(spec: RunSpec) -> None:
         )
 
 
-def check_checkpointing(model_path: str) -> None:
+def check_checkpointing(arch: ModelArch) -> None:
     """A model class without gradient checkpointing (CTRL, CPM-Ant, GPT-NeoX-Japanese) fails
     at the Trainer's set-up when asked for it: refused before anything starts."""
-    from engine.models import resolve_model
     from engine.plan.params import param_roles
 
-    roles = param_roles(resolve_model(model_path))  # cached per config by `ftui plan`
+    roles = param_roles(arch)  # cached per config by `ftui plan`
     if roles is not None and not roles.checkpointing:
         raise FtuiError(
             f"{roles.model_class or 'this model'} does not support gradient checkpointing",

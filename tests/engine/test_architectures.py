@@ -199,10 +199,11 @@ def test_a_model_without_gradient_checkpointing_is_never_planned_or_launched_wit
     assert result.best is not None and not result.best.config.grad_ckpt
     assert not any(c.grad_ckpt for c in candidate_configs(request))  # not even tried
     with pytest.raises(FtuiError) as refused:  # launch with --grad-ckpt: refused up front
-        check_checkpointing(str(folder))
+        check_checkpointing(resolve_model(str(folder)))
     assert "does not support gradient checkpointing" in refused.value.message
     assert "--no-grad-ckpt" in refused.value.fix
-    check_checkpointing(str(saved_default_config("llama", tmp_path / "llama", num_hidden_layers=2)))
+    llama = saved_default_config("llama", tmp_path / "llama", num_hidden_layers=2)
+    check_checkpointing(resolve_model(str(llama)))
 
 
 @pytest.mark.slow
