@@ -188,8 +188,12 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
         trainer = preference_trainer(spec, run, model, tokenizer, device, callback)
     else:
         trainer = _sft_trainer(spec, run, model, tokenizer, device, callback)
-    trainer.train(resume_from_checkpoint=resume_from)
     node_main = local_rank == 0
+    at_end = checkpoint_at_end(resume_from)
+    if at_end is None:
+        trainer.train(resume_from_checkpoint=resume_from)
+    else:  # the Trainer would train one step past max_steps: take the model as saved
+        _take_checkpoint(trainer, Path(str(resume_from)), run, at_end, write=node_main)
     state = run.read_state()
     if state.get("failure") == "nan":
         return EXIT_NAN
@@ -197,7 +201,8 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
         if node_main:
             _record_stop(run, callback.stop_reason or f"signal {signalled['signal']}")
         return 0
-    trainer.save_model(str(run.final))
+    if at_end is None or not _sharded(trainer):
+        trainer.save_model(str(run.final))
     if node_main:
         save_converted(trainer.model, run.final, initial)  # PiSSA / OLoRA: a plain LoRA
         tokenizer.save_pretrained(str(run.final))
@@ -215,6 +220,58 @@ def train(spec: RunSpec, run: RunDir, *, resume_from: str | None = None) -> int:
         run.update_state(status="completed", finished_at=time.time(), exit_code=0)
         run.event("finished", step=trainer.state.global_step)
     return 0
+
+
+def checkpoint_at_end(checkpoint: str | None) -> int | None:
+    """The step of a checkpoint saved at the run's last step (its global_step reached
+    max_steps), else None. Resuming from it, the HF Trainer would train one step more."""
+    if checkpoint is None:
+        return None
+    import json
+
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        step, max_steps = int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if max_steps > 0 and step >= max_steps else None
+
+
+# What a Trainer checkpoint holds beside the model files `save_model` wrote into it.
+_TRAINING_STATE = ("optimizer*", "scheduler.pt", "scaler.pt", "rng_state*", "trainer_state.json",
+                   "training_args.bin", "global_step*", "latest", "zero_to_fp32.py",
+                   "pytorch_model_fsdp_*", "checkpoint-is-incomplete.txt")  # fmt: skip
+
+
+def _sharded(trainer: Any) -> bool:
+    return bool(trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
+
+
+def _take_checkpoint(
+    trainer: Any, checkpoint: Path, run: RunDir, step: int, *, write: bool
+) -> None:
+    """Make `checkpoint` (saved at the last step) the trained model without training.
+
+    Its weights are loaded into the model, which is then saved as usual (PiSSA/OLoRA conversion
+    included). DeepSpeed and FSDP shard the model only inside `train()`, where saving needs their
+    engine: there the model files the checkpoint holds (`save_model`'s output) are copied to
+    final/ (an adapter is still loaded, for the conversion)."""
+    import shutil
+
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    if _sharded(trainer) and write:
+        shutil.copytree(
+            checkpoint,
+            run.final,
+            ignore=shutil.ignore_patterns(*_TRAINING_STATE),
+            dirs_exist_ok=True,
+        )
+    if not _sharded(trainer) or (checkpoint / "adapter_config.json").is_file():
+        trainer._load_from_checkpoint(str(checkpoint))  # an adapter loads unsharded either way
+    if write:
+        run.event("train_end", step=step, stopped=False, note=f"{checkpoint.name} is the last step")
 
 
 def _sft_trainer(

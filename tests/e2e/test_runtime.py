@@ -161,6 +161,46 @@ def test_a_run_outlives_its_terminal_and_survives_sigkill_then_resumes(
     assert listed[run.run_id]["status"] == "completed"
 
 
+def test_resuming_from_the_last_steps_checkpoint_writes_the_model_without_training_more(
+    assets: tuple[Path, Path], env: dict[str, str]
+) -> None:
+    """A run killed after its checkpoint at max_steps but before final/ was written: `ftui
+    resume` makes that checkpoint the model. The HF Trainer alone would train one more step.
+    LoRA loads the checkpoint into the model; DeepSpeed (sharded only inside training) copies
+    the model files the checkpoint holds."""
+    model, data = assets
+    runs = {
+        "lora": launch(env, model, data, "--max-steps", "10", "--save-steps", "5", *TRAIN),
+        "zero2": launch(env, model, data, "--method", "full", "--sharding", "zero2",
+                        "--max-steps", "10", "--save-steps", "5", *TRAIN),
+    }  # fmt: skip
+    import shutil
+
+    for name, run in runs.items():
+        assert wait_final(run, env)["status"] == "completed", run.stdout.read_text()[-3000:]
+        wait_for(lambda run=run: not pids_of(run), what="the run's processes to exit")
+        last = run.last_checkpoint()
+        assert last is not None and last.name == "checkpoint-10", name
+        weights = "adapter_model.safetensors" if name == "lora" else "model.safetensors"
+        trained = (run.final / weights).read_bytes()
+        assert (last / weights).read_bytes() == trained, name
+        # As if killed between the last checkpoint and final/:
+        shutil.rmtree(run.final)
+        run.update_state(status="failed", failure="killed", exit_code=-9)
+        metrics_before = run.metrics.read_text()
+
+        out = ftui(["resume", run.run_id], env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        state = wait_final(run, env)
+        assert state["status"] == "completed", run.stdout.read_text()[-3000:]
+        assert (run.final / weights).read_bytes() == trained, name  # the same model, no step 11
+        assert json.loads((run.final / "ftui.json").read_text())["steps"] == 10
+        assert run.metrics.read_text() == metrics_before, name  # nothing trained
+        assert not (run.checkpoints / "checkpoint-11").exists()
+        assert (run.final / "config.json").exists() or (run.final / "adapter_config.json").exists()
+        assert not (run.final / "optimizer.pt").exists()
+
+
 def test_an_early_oom_halves_the_micro_batch_and_keeps_the_effective_batch(
     assets: tuple[Path, Path], env: dict[str, str]
 ) -> None:
