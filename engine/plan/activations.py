@@ -42,7 +42,9 @@ from engine.plan.ssm import deltanet_bytes as _deltanet
 from engine.plan.ssm import mamba1_backward as _mamba1_backward
 from engine.plan.ssm import mamba1_bytes as _mamba1
 from engine.plan.ssm import mamba2_bytes as _mamba2
-from engine.plan.ssm import mamba2_inner as _mamba2_inner
+from engine.plan.ssm import mamba2_output_side as _mamba2_output_side
+from engine.plan.ssm import mamba2_scan_backward as _mamba2_scan_backward
+from engine.plan.ssm import mamba2_scan_transient as _mamba2_scan_transient
 from engine.plan.ssm import padded as _padded
 from engine.training_config import TrainingConfig
 
@@ -155,6 +157,8 @@ def _mlps(cfg: dict[str, Any], arch: ModelArch, n: int) -> list[str]:
         for t in types[:n]:
             out.append(MOE if t == "moe" else DENSE if t == "mlp" else NO_MLP)
         return out
+    if isinstance(types, list) and "hybrid" in types:  # Zamba: the shared block's MLP only
+        return [DENSE if t == "hybrid" else NO_MLP for t in types[:n]] + [NO_MLP] * (n - len(types))
     if not arch.is_moe:
         return [DENSE] * n
     moe = [True] * n
@@ -407,10 +411,7 @@ def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind, b: 
         scores = attention_scores_bytes(arch, config, b, config.seq_len)
         total += scores if scores > arch.num_heads * 4 else 0.0  # eager only
     if kind.mixer in (MAMBA2, HYBRID):
-        heads = _int(cfg, "mamba_n_heads", "mamba_num_heads", "n_mamba_heads", default=1)
-        state = _int(cfg, "mamba_d_state", "ssm_state_size", "state_size", default=128)
-        chunk = _int(cfg, "mamba_chunk_size", "chunk_size", default=256)
-        total += 4 * heads * (2 * chunk * _padded(config.seq_len, chunk) + 2 * state)
+        total += _mamba2_scan_backward(arch, config, b)[1]
     if kind.mixer == MAMBA:
         total += _mamba1_backward(arch)
     if kind.mixer == DELTANET:
@@ -469,28 +470,55 @@ def _saved_after_indexer(arch: ModelArch, config: TrainingConfig, b: int, kind: 
     return out + scores + mlp_side
 
 
-def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
-    """What a layer's backward has freed when it reaches its scan: backward runs the layer in
-    reverse, so the MLP, the second norm and the scan's output side (gated norm, out_proj's
-    input) are gone by then."""
-    if not backward_bytes(arch, config, kind, b):
-        return 0.0
+def block_before_scan(arch: ModelArch) -> bool:
+    """Zamba's hybrid layers run the shared transformer block (attention and MLP) before their
+    Mamba block, whose layers have no MLP of their own: layer types name "hybrid" layers."""
+    types = _cfg(arch).get("layers_block_type") or _cfg(arch).get("layer_types")
+    return isinstance(types, list) and "hybrid" in types
+
+
+def _after_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """What a Mamba-2 layer saves after its scan: the second norm and the MLP (unless the
+    layer's block runs before the scan), the scan's output side (gated norm, out_proj's input)
+    and LoRA's fp32 inputs of those modules."""
     h = arch.hidden_size
-    freed: float = 4 * h if arch.rms_norm else b * h
-    if kind.mlp == DENSE:
-        freed += _mlp(arch, config, b, arch.intermediate_size)
-    elif kind.mlp == MOE:
-        freed += max(arch.experts_per_token, 1) * _mlp(arch, config, b, arch.moe_intermediate_size)
+    before = block_before_scan(arch)
+    after: float = 0.0 if before else 4 * h if arch.rms_norm else b * h
+    if kind.mlp == DENSE and not before:
+        after += _mlp(arch, config, b, arch.intermediate_size)
+    elif kind.mlp == MOE and not before:
+        after += max(arch.experts_per_token, 1) * _mlp(arch, config, b, arch.moe_intermediate_size)
     if kind.mixer in (MAMBA2, HYBRID):
-        inner = _mamba2_inner(arch)
-        freed += 2 * b * inner + 4 * inner
+        after += _mamba2_output_side(arch, b)
     roles = attached_roles(arch) if config.is_peft else None
     if roles is not None:  # LoRA's fp32 inputs of the modules after the scan
         layers = max(arch.num_layers, 1)
+        names = {"out_proj"} if before else _AFTER_SCAN
         for group in adapted_groups(roles, config):
-            if group.name in _AFTER_SCAN and not group.tower:
-                freed += 4 * group.in_features / layers
+            if group.name in names and not group.tower:
+                after += 4 * group.in_features / layers
+    return after
+
+
+def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """What a layer's backward has freed when it reaches its scan's largest moment: backward
+    runs the layer in reverse, so what the layer saved after the scan is gone by then, and so
+    are the scan's own tensors its later steps saved (engine.plan.ssm)."""
+    if not backward_bytes(arch, config, kind, b):
+        return 0.0
+    freed = _after_scan(arch, config, b, kind)
+    if kind.mixer in (MAMBA2, HYBRID):
+        saved = _mamba2(arch, config, b) - _mamba2_output_side(arch, b)
+        freed += saved - _mamba2_scan_backward(arch, config, b)[0]
     return freed
+
+
+def _scan_end(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
+    """Beyond the layer's saved tensors, what its forward holds when the Mamba-2 scan returns:
+    the scan's transients, before the layer saves what comes after the scan."""
+    if kind.mixer not in (MAMBA2, HYBRID):
+        return 0.0
+    return _mamba2_scan_transient(arch, config) - _after_scan(arch, config, b, kind)
 
 
 def stack_activations(
@@ -509,6 +537,7 @@ def stack_activations(
         sizes[kind]
         + max(
             backward_bytes(arch, config, kind, b) - _freed_before_scan(arch, config, b, kind),
+            _scan_end(arch, config, b, kind),
             forward_bytes(arch, config, b, kind),
             forward_extra,  # at the MLP's end of the layer, after the mixer's transients
             0.0,

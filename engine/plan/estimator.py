@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.activations import hyper_streams, stack_activations
+from engine.plan.activations import block_before_scan, hyper_streams, stack_activations
 from engine.plan.counts import (
     Linear,
     ParamCounts,
@@ -202,7 +202,10 @@ def stack_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> t
     recurrent = recurrent_stack(arch)
     if recurrent is not None:  # per physical layer, each run of which keeps its own
         lora *= max(arch.num_layers, 1) / recurrent[0]
-    return stack.total + lora * max(arch.num_layers, 1), stack.largest + lora
+    largest = lora
+    if roles is not None and block_before_scan(arch):  # Zamba's hybrid layer runs them all
+        largest = lora_saved_input_bytes(roles, arch, config, every_module=True)
+    return stack.total + lora * max(arch.num_layers, 1), stack.largest + largest
 
 
 def layer_activation_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:

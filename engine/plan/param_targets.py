@@ -101,10 +101,14 @@ def idle_trainable(roles: ParamRoles, config: TrainingConfig | None) -> int:
     return total
 
 
-def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingConfig) -> float:
+def lora_saved_input_bytes(
+    roles: ParamRoles, arch: ModelArch, config: TrainingConfig, every_module: bool = False
+) -> float:
     """Bytes per token per decoder layer that LoRA adds to what backward keeps: PEFT runs
     adapters in fp32, so each adapted module keeps an fp32 copy of its input (and the rank-r
-    intermediate; DoRA its output). Expert linears see k of E experts' share of tokens."""
+    intermediate; DoRA its output). Expert linears see k of E experts' share of tokens.
+    `every_module`: a layer that runs one module of each adapted name (Zamba's hybrid layer:
+    the shared transformer block, then its own Mamba block), not the average layer."""
     layers = max(arch.num_layers, 1)
     routed = arch.experts_per_token / arch.num_experts if arch.num_experts else 1.0
     total = 0.0
@@ -115,7 +119,7 @@ def lora_saved_input_bytes(roles: ParamRoles, arch: ModelArch, config: TrainingC
         per = 4 * group.in_features + 4 * config.rank * group.modules
         if config.dora:
             per += 4 * group.out_features
-        total += share * per / layers
+        total += share * per / (max(group.modules, 1) if every_module else layers)
     _, _, _, expert_inputs, router_inputs = parameter_lora_share(roles, config)
     if expert_inputs or router_inputs:
         # W + BA needs a gradient, so the experts' and routers' matmuls keep their inputs

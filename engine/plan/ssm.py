@@ -57,7 +57,7 @@ def mamba2_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     conv = inner + 2 * groups * state
     # in_proj's output (gate, x/B/C, dt), the conv's input and SiLU output, the gated output;
     # the scan's fp32 input, its dt-scaled copy and the skip term
-    total: float = b * (inner + conv + heads) + 2 * b * conv + 2 * b * inner + 4 * inner
+    total: float = b * (inner + conv + heads) + 2 * b * conv + mamba2_output_side(arch, b)
     total += 4 * heads * 3 * p
     # per padded token, per head: the l x l decay, scores and masked scores; B, C and the
     # decayed B (state-sized); the chunked inputs, outputs and their parts (head_dim)
@@ -66,6 +66,54 @@ def mamba2_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     if config.method == "full":
         total += b * (h + inner)  # in_proj's and out_proj's inputs
     return total
+
+
+def mamba2_output_side(arch: ModelArch, b: int) -> float:
+    """Per token, what mamba2_bytes counts after the scan: the gated norm's output (fp32 and
+    in the compute dtype, out_proj's input)."""
+    inner = mamba2_inner(arch)
+    return 2 * b * inner + 4 * inner
+
+
+def mamba2_scan_transient(arch: ModelArch, config: TrainingConfig) -> float:
+    """Per token, what the chunked scan's forward holds when it returns beyond what it saves:
+    the intra- and inter-chunk outputs (Y_diag, Y_off), their sum's contiguous copy and the
+    skip term, fp32 and head_dim-sized per head and padded token."""
+    _, _, _, chunk, inner = _mamba2_dims(arch)
+    return 4 * 4 * inner * padded(config.seq_len, chunk)
+
+
+def _mamba2_dims(arch: ModelArch) -> tuple[int, int, int, int, int]:
+    """Heads, state size, groups, chunk size and inner width of a Mamba-2 mixer."""
+    cfg = arch.text_config
+    heads = config_int(cfg, "mamba_n_heads", "mamba_num_heads", "n_mamba_heads", default=1)
+    state = config_int(cfg, "mamba_d_state", "ssm_state_size", "state_size", default=128)
+    groups = config_int(cfg, "mamba_n_groups", "mamba_ngroups", "n_groups", default=1)
+    chunk = config_int(cfg, "mamba_chunk_size", "chunk_size", default=256)
+    return heads, state, groups, chunk, mamba2_inner(arch)
+
+
+def mamba2_scan_backward(arch: ModelArch, config: TrainingConfig, b: int) -> tuple[float, float]:
+    """Per token, what a Mamba-2 mixer holds when backward reaches the chunked scan's
+    intra-chunk product (M = G * L, its largest moment), and the gradients made by then.
+    Backward runs the scan in reverse: the output side, the inter-chunk states and their
+    einsums' saved inputs are freed by then. Still held: in_proj's output (the conv's input is
+    a view of it), the conv's output (SiLU's input), the scan's fp32 input (saved by the dt
+    scaling), the padded B and C (the score einsum's inputs), the l x l decay and scores; in a
+    full fine-tune also in_proj's input and the padded skip input (D is trainable). Gradients:
+    the gate's (waiting for in_proj's split to have all three), the padded output's (the skip
+    term's backward runs last), B's, C's and the input's; the l x l ones of M, G and L."""
+    heads, state, groups, chunk, inner = _mamba2_dims(arch)
+    p = inner / heads
+    conv = inner + 2 * groups * state
+    pad = padded(config.seq_len, chunk)
+    skip = p if config.method == "full" else 0.0
+    held: float = b * (inner + conv + heads) + b * conv + 4 * inner
+    held += 4 * heads * (2 * chunk + 2 * state + skip) * pad
+    if config.method == "full":
+        held += b * arch.hidden_size  # in_proj's input, for its weight's gradient
+    grads = b * inner + 4 * heads * (3 * chunk + 2 * state + 2 * p) * pad
+    return held, grads
 
 
 def mamba1_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
