@@ -156,7 +156,7 @@ def optimizer_temp_bytes_per_param(optim: str, state_bytes: int) -> float:
 MLP_LINEARS = frozenset(
     {"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "w1", "w2", "w3", "dense_h_to_4h",
      "dense_4h_to_h", "gate_up_proj", "fc_in", "fc_out", "wi", "wo", "c_proj", "w_0", "w_1",
-     "w_out"}
+     "w_out", "input_linear", "output_linear"}
 )  # fmt: skip
 
 
