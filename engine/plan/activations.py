@@ -472,8 +472,9 @@ def _saved_after_indexer(arch: ModelArch, config: TrainingConfig, b: int, kind: 
 
 def block_before_scan(arch: ModelArch) -> bool:
     """Zamba's hybrid layers run the shared transformer block (attention and MLP) before their
-    Mamba block, whose layers have no MLP of their own: layer types name "hybrid" layers."""
-    types = _cfg(arch).get("layers_block_type") or _cfg(arch).get("layer_types")
+    Mamba block, whose layers have no MLP of their own: `layers_block_type` names "hybrid"
+    layers (Falcon-H1's, Inkling's and ZAYA's "hybrid" `layer_types` are other layouts)."""
+    types = _cfg(arch).get("layers_block_type")
     return isinstance(types, list) and "hybrid" in types
 
 
