@@ -27,7 +27,8 @@ from engine.training_config import TrainingConfig
 
 TOLERANCE = 0.10
 SEQ_LENS = (128, 512)
-# Mamba-1's PyTorch scan runs token by token (slow under fake tensors): shorter sequences
+# Mamba-1's PyTorch scan runs token by token (slow under fake tensors): shorter sequences,
+# shorter still where each head scans on its own (Zamba: SCAN_SEQ_LENS / heads)
 SCAN_SEQ_LENS = (32, 128)
 METHODS = ("lora", "full")
 LAYERS, EXPERTS, EXPERTS_PER_TOKEN = 2, 4, 2
@@ -314,8 +315,12 @@ def check_architecture(model_type: str) -> CoverageRow:
 
 def _seq_lens(arch: ModelArch) -> tuple[int, ...]:
     from engine.plan.activations import MAMBA, layer_kinds
+    from engine.plan.zamba1 import ZAMBA1_KINDS, scan_heads
 
-    if any(kind.mixer == MAMBA for kind in layer_kinds(arch)):
+    mixers = {kind.mixer for kind in layer_kinds(arch)}
+    if mixers & ZAMBA1_KINDS:  # a token-by-token scan per head, one head after another
+        return tuple(max(n // scan_heads(arch), 1) for n in SCAN_SEQ_LENS)
+    if MAMBA in mixers:
         return SCAN_SEQ_LENS
     return SEQ_LENS
 
