@@ -153,9 +153,12 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
     kinds = out.get("layers_block_type")
     if out.get("model_type") == "zamba" and isinstance(kinds, list) and kinds.count("hybrid") == 1:
         # Zamba ties its shared attention block from the first hybrid layer to the others, and
-        # transformers cannot build one with a single hybrid layer: keep a second
-        last = len(kinds) - 1 - kinds[::-1].index("linear_attention")
-        out["layers_block_type"] = [*kinds[:last], "hybrid", *kinds[last + 1 :]]
+        # transformers cannot build one with a single hybrid layer: keep a second, after one
+        # Mamba layer (every layer scans token by token, head by head: no more of them)
+        out["layers_block_type"] = [next(k for k in kinds if k != "hybrid"), "hybrid", "hybrid"]
+        for key in _LAYER_KEYS:
+            if isinstance(out.get(key), int):
+                out[key] = 3
     if isinstance(out.get("hybrid_layer_ids"), list) and isinstance(
         out.get("layers_block_type"), list
     ):  # Zamba-2 saves the derived list: derive it again
