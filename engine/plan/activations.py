@@ -46,6 +46,16 @@ from engine.plan.ssm import mamba2_output_side as _mamba2_output_side
 from engine.plan.ssm import mamba2_scan_backward as _mamba2_scan_backward
 from engine.plan.ssm import mamba2_scan_transient as _mamba2_scan_transient
 from engine.plan.ssm import padded as _padded
+from engine.plan.zamba1 import (
+    MAMBA1_HEADS,
+    SHARED_MAMBA1,
+    ZAMBA1_KINDS,
+    mamba1_heads_backward,
+    mamba1_heads_bytes,
+    per_head_mamba1,
+    shared_block_bytes,
+)
+from engine.plan.zamba1 import freed_before_scan as _zamba1_freed
 from engine.training_config import TrainingConfig
 
 # Layer mixers
@@ -60,6 +70,8 @@ SPARSE_MLA = "sparse_mla"  # MLA behind a lightning indexer (DeepSeek-V3.2, GLM-
 # MLPs
 DENSE, MOE, NO_MLP = "dense", "moe", "none"
 
+# Mixers with a causal attention (one mask per kind)
+_ATTENDING = frozenset({ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID, SHARED_MAMBA1})
 # Modules a layer runs after its scan (the MLP, the mixer's output projection)
 _AFTER_SCAN = frozenset(
     {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "out_proj", "o_proj"}
@@ -112,11 +124,13 @@ def _mixer_of(cfg: dict[str, Any], name: str) -> str:
     if name in ("sliding_attention", "chunked_attention", "local", "sliding"):
         return SLIDING
     if name in ("linear_attention", "mamba", "mamba2", "m", "ssm"):
+        if per_head_mamba1(cfg):  # Zamba-1 (engine.plan.zamba1)
+            return MAMBA1_HEADS
         if "linear_key_head_dim" in cfg:
             return DELTANET
         return MAMBA2 if _mamba2_like(cfg) else MAMBA
     if name == "hybrid":  # Zamba-2: a Mamba-2 block plus the shared attention block
-        return HYBRID
+        return SHARED_MAMBA1 if per_head_mamba1(cfg) else HYBRID
     if cfg.get("kv_lora_rank"):
         return SPARSE_MLA if cfg.get("index_n_heads") else MLA
     return ATTENTION
@@ -198,6 +212,8 @@ def layer_kinds(arch: ModelArch) -> tuple[LayerKind, ...]:
     if isinstance(types, list) and any(t in ("moe", "mlp") for t in types):
         # Nemotron-H: a layer is a mixer or an MLP, never both
         mixers = [m if mlp == NO_MLP else "none" for m, mlp in zip(mixers, mlps, strict=False)]
+    # Zamba-1's Mamba layers are a norm and the Mamba block
+    mlps = [NO_MLP if m == MAMBA1_HEADS else p for m, p in zip(mixers, mlps, strict=False)]
     kinds = tuple(LayerKind(m, p) for m, p in zip(mixers, mlps, strict=False))
     if len(_KINDS) > 256:
         _KINDS.clear()
@@ -243,7 +259,7 @@ def mask_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     attention always gets an additive mask in the hidden states' dtype; SDPA a boolean one
     only for sliding windows within the sequence."""
     mixers = {k.mixer for k in layer_kinds(arch)}
-    kinds = len(mixers & {ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID})
+    kinds = len(mixers & _ATTENDING)
     if not kinds:
         return 0.0
     if runs_eager(arch, config):
@@ -362,6 +378,11 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += _attention(arch, config, b) + _mamba2(arch, config, b)
     elif kind.mixer == MAMBA:
         total += _mamba1(arch, config, b)
+    elif kind.mixer in ZAMBA1_KINDS:
+        total += mamba1_heads_bytes(arch, config, b)
+        if kind.mixer == SHARED_MAMBA1:
+            scores = attention_scores_bytes(arch, config, b, config.seq_len)
+            total += shared_block_bytes(arch, config, b, scores)
     elif kind.mixer == DELTANET:
         total += _deltanet(arch, config, b)
     elif kind.mixer == KDA:
@@ -407,13 +428,15 @@ def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind, b: 
     probabilities and scores (as large as the probabilities it keeps)."""
     cfg = _cfg(arch)
     total = 0.0
-    if kind.mixer in (ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID):
+    if kind.mixer in _ATTENDING:
         scores = attention_scores_bytes(arch, config, b, config.seq_len)
         total += scores if scores > arch.num_heads * 4 else 0.0  # eager only
     if kind.mixer in (MAMBA2, HYBRID):
         total += _mamba2_scan_backward(arch, config, b)[1]
     if kind.mixer == MAMBA:
         total += _mamba1_backward(arch)
+    if kind.mixer in ZAMBA1_KINDS:
+        total += mamba1_heads_backward(arch)
     if kind.mixer == DELTANET:
         hv = _int(cfg, "linear_num_value_heads", default=32)
         total += 4 * hv * 2 * _GDN_CHUNK * _padded(config.seq_len, _GDN_CHUNK)
@@ -485,7 +508,9 @@ def _after_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
     h = arch.hidden_size
     before = block_before_scan(arch)
     after: float = 0.0 if before else 4 * h if arch.rms_norm else b * h
-    if kind.mlp == DENSE and not before:
+    if kind.mixer in ZAMBA1_KINDS:  # the shared block and its MLP run before the scan
+        after = _zamba1_freed(arch, config, b)
+    elif kind.mlp == DENSE and not before:
         after += _mlp(arch, config, b, arch.intermediate_size)
     elif kind.mlp == MOE and not before:
         after += max(arch.experts_per_token, 1) * _mlp(arch, config, b, arch.moe_intermediate_size)

@@ -30,7 +30,7 @@ from engine.paths import ftui_cache
 from engine.training_config import ALL_LINEAR
 
 # Bump when what is counted changes: old cache entries are then ignored.
-SCHEMA = 9
+SCHEMA = 10
 ROLES = (
     "embedding",  # input (and position) embeddings
     "lm_head",  # the output head when it is not tied to the embeddings
@@ -435,10 +435,13 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
             # DSA's indexer runs under no_grad: like a tower, its LoRA gets no gradient
             tower = bool(_TOWER.search(module_name.lower()) or _INDEXER.search(module_name))
             sums = groups.setdefault((leaf, expert, tower), [0, 0, 0, 0])
+            # PEFT adapts every instance, each runs on its own input: LoRA's size and saved
+            # inputs count instances, the weights count once (Zamba's shared block is one
+            # set of weights in a module per hybrid layer)
+            sums[0] += 1
+            sums[1] += int(in_f)
+            sums[2] += int(out_f)
             if id(weight) not in seen:
-                sums[0] += 1
-                sums[1] += int(in_f)
-                sums[2] += int(out_f)
                 sums[3] += int(weight.numel())
                 quantizable += int(weight.numel()) if quantized else 0
         for param in module.parameters(recurse=False):

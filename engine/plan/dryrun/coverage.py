@@ -27,7 +27,8 @@ from engine.training_config import TrainingConfig
 
 TOLERANCE = 0.10
 SEQ_LENS = (128, 512)
-# Mamba-1's PyTorch scan runs token by token (slow under fake tensors): shorter sequences
+# Mamba-1's PyTorch scan runs token by token (slow under fake tensors): shorter sequences,
+# shorter still where each head scans on its own (Zamba: SCAN_SEQ_LENS / heads)
 SCAN_SEQ_LENS = (32, 128)
 METHODS = ("lora", "full")
 LAYERS, EXPERTS, EXPERTS_PER_TOKEN = 2, 4, 2
@@ -152,9 +153,12 @@ def _shrink(cfg: dict[str, Any], dims: bool) -> dict[str, Any]:
     kinds = out.get("layers_block_type")
     if out.get("model_type") == "zamba" and isinstance(kinds, list) and kinds.count("hybrid") == 1:
         # Zamba ties its shared attention block from the first hybrid layer to the others, and
-        # transformers cannot build one with a single hybrid layer: keep a second
-        last = len(kinds) - 1 - kinds[::-1].index("linear_attention")
-        out["layers_block_type"] = [*kinds[:last], "hybrid", *kinds[last + 1 :]]
+        # transformers cannot build one with a single hybrid layer: keep a second, after one
+        # Mamba layer (every layer scans token by token, head by head: no more of them)
+        out["layers_block_type"] = [next(k for k in kinds if k != "hybrid"), "hybrid", "hybrid"]
+        for key in _LAYER_KEYS:
+            if isinstance(out.get(key), int):
+                out[key] = 3
     if isinstance(out.get("hybrid_layer_ids"), list) and isinstance(
         out.get("layers_block_type"), list
     ):  # Zamba-2 saves the derived list: derive it again
@@ -314,8 +318,12 @@ def check_architecture(model_type: str) -> CoverageRow:
 
 def _seq_lens(arch: ModelArch) -> tuple[int, ...]:
     from engine.plan.activations import MAMBA, layer_kinds
+    from engine.plan.zamba1 import ZAMBA1_KINDS, scan_heads
 
-    if any(kind.mixer == MAMBA for kind in layer_kinds(arch)):
+    mixers = {kind.mixer for kind in layer_kinds(arch)}
+    if mixers & ZAMBA1_KINDS:  # a token-by-token scan per head, one head after another
+        return tuple(max(n // scan_heads(arch), 1) for n in SCAN_SEQ_LENS)
+    if MAMBA in mixers:
         return SCAN_SEQ_LENS
     return SEQ_LENS
 
