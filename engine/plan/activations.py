@@ -22,10 +22,14 @@ from engine.models import ModelArch
 from engine.plan.dsv4 import csa_indexer_bytes, lora_inputs_after_attention
 from engine.plan.kda import KDA, kda_backward, kda_bytes, kda_mixer
 from engine.plan.mixers import (
+    CCA_KINDS,
+    CCA_SLIDING,
     LIGHTNING,
     REL_KINDS,
     RGLRU,
     block_type_mixers,
+    cca_bytes,
+    cca_mixer,
     lightning_bytes,
     lightning_mixer,
     rel_attention_backward,
@@ -33,6 +37,7 @@ from engine.plan.mixers import (
     rel_attention_forward,
     rel_mixer,
     rglru_bytes,
+    zaya_router_bytes,
 )
 from engine.plan.param_targets import adapted_groups
 from engine.plan.params import attached_roles
@@ -104,7 +109,9 @@ def _mixer_of(cfg: dict[str, Any], name: str) -> str:
     """A layer-type string as configs spell it, as one of the mixers above."""
     name = str(name).lower()
     # Inkling's relative-bias attention, MiniMax's lightning attention (engine.plan.mixers)
+    # ZAYA's CCA attention
     other = rel_mixer(cfg, name) or lightning_mixer(cfg, name) or kda_mixer(cfg, name)
+    other = other or cca_mixer(cfg, name)
     if other:
         return other
     if name in ("sliding_attention", "chunked_attention", "local", "sliding"):
@@ -230,7 +237,8 @@ def _window_masked(arch: ModelArch, config: TrainingConfig) -> bool:
     window = _cfg(arch).get("sliding_window")
     if config.attn != "sdpa" or not isinstance(window, int) or isinstance(window, bool):
         return False
-    return 0 < window <= config.seq_len and SLIDING in {k.mixer for k in layer_kinds(arch)}
+    sliding = {SLIDING, CCA_SLIDING} & {k.mixer for k in layer_kinds(arch)}
+    return 0 < window <= config.seq_len and bool(sliding)
 
 
 def mask_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
@@ -239,7 +247,7 @@ def mask_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     attention always gets an additive mask in the hidden states' dtype; SDPA a boolean one
     only for sliding windows within the sequence."""
     mixers = {k.mixer for k in layer_kinds(arch)}
-    kinds = len(mixers & {ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID})
+    kinds = len(mixers & {ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID, *CCA_KINDS})
     if not kinds:
         return 0.0
     if runs_eager(arch, config):
@@ -368,6 +376,10 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += rglru_bytes(arch, config, b)
     elif kind.mixer in REL_KINDS:
         total += rel_attention_bytes(arch, config, b, kind.mixer, runs_eager(arch, config))
+    elif kind.mixer in CCA_KINDS:  # ZAYA: attention behind CCA projections, its router's MLP
+        sliding = SLIDING if kind.mixer == CCA_SLIDING else ATTENTION
+        total += _attention(arch, config, b, sliding) + cca_bytes(arch, config, b)
+        total += zaya_router_bytes(arch, config, b) if kind.mlp == MOE else 0.0
     if kind.mlp == DENSE:
         total += _mlp(arch, config, b, arch.intermediate_size) + (b * h if full else 0)
     elif kind.mlp == MOE and arch.model_type in EVERY_EXPERT:
@@ -403,7 +415,7 @@ def backward_bytes(arch: ModelArch, config: TrainingConfig, kind: LayerKind, b: 
     probabilities and scores (as large as the probabilities it keeps)."""
     cfg = _cfg(arch)
     total = 0.0
-    if kind.mixer in (ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID):
+    if kind.mixer in (ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID, *CCA_KINDS):
         scores = attention_scores_bytes(arch, config, b, config.seq_len)
         total += scores if scores > arch.num_heads * 4 else 0.0  # eager only
     if kind.mixer in (MAMBA2, HYBRID):
