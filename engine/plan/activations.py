@@ -324,14 +324,31 @@ def relu_mlp(arch: ModelArch) -> bool:
     return act == "relu" or arch.model_type in RELU_MLP_TYPES
 
 
+def gated_kept(arch: ModelArch) -> int:
+    """How many intermediate-sized tensors a gated MLP's activation keeps for backward. Plain
+    SwiGLU: the gate (the activation's input), the activation and up. Clamped SwiGLU (a
+    `swiglu_limit`: gate.clamp(max), up.clamp(±limit), GPT-OSS, MiniMax-M3, DeepSeek-V4): the
+    clamps keep their inputs (gate and up, or the fused gate_up they are views of), silu(gate)
+    * up its clamped gate, activation and clamped up: five. With a `swiglu_alpha` (GPT-OSS's
+    form, gate·σ(α·gate) then (up + 1)·glu): the clamped gate, the sigmoid, glu and up + 1
+    beside gate and up: six. A ReLU keeps its output, the product's input anyway: two."""
+    cfg = _cfg(arch)
+    if relu_mlp(arch):
+        return 2
+    limit = cfg.get("swiglu_limit")
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit:
+        return 3
+    return 6 if cfg.get("swiglu_alpha") else 5
+
+
 def _mlp(arch: ModelArch, config: TrainingConfig, b: int, f: int) -> float:
-    """A (gated) MLP's saved tensors: gate output (the activation's input), activation and up
-    outputs; down_proj's input when it is trainable. A ReLU keeps its output, which is the
-    product's (or, ungated, down_proj's) input anyway: one tensor fewer."""
+    """A (gated) MLP's saved tensors: what its activation keeps (gated_kept); down_proj's input
+    when it is trainable. A ReLU keeps its output, which is the product's (or, ungated,
+    down_proj's) input anyway: one tensor fewer."""
     full = config.method == "full"
     relu = relu_mlp(arch)
     if arch.gated_mlp:
-        return (2 if relu else 3) * b * f + (b * f if full else 0)
+        return gated_kept(arch) * b * f + (b * f if full else 0)
     return b * f + (b * f if full and not relu else 0)
 
 
@@ -505,6 +522,26 @@ def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: La
     return freed
 
 
+def _lora_moment(
+    arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind, transient: float
+) -> float:
+    """What a layer holds beyond its saved tensors while PEFT's LoRA forward of the widest
+    adapted MLP Linear runs (`transient`: its two fp32 output-wide tensors, 8 bytes x width w):
+    the base Linear's output beside them, and the forward's locals: the MLP's input (the norm's
+    output) and the residual stream. The MLP's own saved tensors are not made yet (that Linear
+    is its first: gate_up, or up_proj after gate_proj's output and activation), nor the fp32
+    input LoRA keeps for down_proj. The MLP is the layer's dense one or, in an MoE layer, its
+    shared expert; a layer with neither runs no such Linear."""
+    f = {DENSE: arch.intermediate_size, MOE: _shared_expert_size(arch)}.get(kind.mlp, 0)
+    if transient <= 0 or not f:
+        return 0.0
+    widest = f * (2 if arch.gated_mlp else 1)
+    w = min(transient / 8, widest)
+    before = 2 * b * (widest - w)  # a separate gate_proj's output and its activation
+    locals_ = 2 * b * arch.hidden_size
+    return 8 * w + b * w + before + locals_ - _mlp(arch, config, b, f) - 4 * f
+
+
 def stack_activations(
     arch: ModelArch, config: TrainingConfig, b: int, forward_extra: float = 0.0
 ) -> StackActivations:
@@ -522,7 +559,7 @@ def stack_activations(
         + max(
             backward_bytes(arch, config, kind, b) - _freed_before_scan(arch, config, b, kind),
             forward_bytes(arch, config, b, kind),
-            forward_extra,  # at the MLP's end of the layer, after the mixer's transients
+            _lora_moment(arch, config, b, kind, forward_extra),  # after the mixer's transients
             0.0,
         )
         for kind in counts
