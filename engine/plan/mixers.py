@@ -227,12 +227,14 @@ def cca_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     and output (q and k both qd + kvd wide together): the causal 1D convolutions over the
     concatenated q/k projections keep their inputs (the padded concatenation and the
     depthwise convolution's output), the L2 norms keep q and k before normalising (and a norm
-    per head). With trainable weights, the norm's key scale keeps the normalised k."""
+    per head). With trainable weights, the norm's key scale keeps the normalised k, and the
+    layer's two ZayaResidualScaling (after attention, after the MLP) keep what their scales
+    multiply: the fp32 residual plus its bias and the branch's output plus its bias."""
     heads, kv_heads, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
     qk = (heads + kv_heads) * d
     total: float = 2 * b * qk + b * qk + 2 * b * (heads + kv_heads)
     if config.method == "full":
-        total += b * kv_heads * d
+        total += b * kv_heads * d + 2 * (4 + b) * arch.hidden_size
     return total
 
 
