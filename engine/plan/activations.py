@@ -531,12 +531,14 @@ def _lora_moment(
     output) and the residual stream. The MLP's own saved tensors are not made yet (that Linear
     is its first: gate_up, or up_proj after gate_proj's output and activation), nor the fp32
     input LoRA keeps for down_proj. The MLP is the layer's dense one or, in an MoE layer, its
-    shared expert; a layer with neither runs no such Linear."""
+    shared expert."""
     f = {DENSE: arch.intermediate_size, MOE: _shared_expert_size(arch)}.get(kind.mlp, 0)
-    if transient <= 0 or not f:
-        return 0.0
     widest = f * (2 if arch.gated_mlp else 1)
-    w = min(transient / 8, widest)
+    w = transient / 8
+    if transient <= 0 or w > widest:
+        # no MLP of this layer was counted that wide (none, or a width the config does not
+        # give): the fp32 tensors on top of everything the layer saves
+        return max(transient, 0.0)
     before = 2 * b * (widest - w)  # a separate gate_proj's output and its activation
     locals_ = 2 * b * arch.hidden_size
     return 8 * w + b * w + before + locals_ - _mlp(arch, config, b, f) - 4 * f
