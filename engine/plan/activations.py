@@ -22,10 +22,14 @@ from engine.models import ModelArch
 from engine.plan.dsv4 import csa_indexer_bytes, lora_inputs_after_attention
 from engine.plan.kda import KDA, kda_backward, kda_bytes, kda_mixer
 from engine.plan.mixers import (
+    CCA_KINDS,
+    CCA_SLIDING,
     LIGHTNING,
     REL_KINDS,
     RGLRU,
     block_type_mixers,
+    cca_bytes,
+    cca_mixer,
     lightning_bytes,
     lightning_mixer,
     rel_attention_backward,
@@ -33,8 +37,8 @@ from engine.plan.mixers import (
     rel_attention_forward,
     rel_mixer,
     rglru_bytes,
+    zaya_router_bytes,
 )
-from engine.plan.param_targets import adapted_groups
 from engine.plan.params import attached_roles
 from engine.plan.ssm import GDN_CHUNK as _GDN_CHUNK
 from engine.plan.ssm import config_int as _int
@@ -42,9 +46,7 @@ from engine.plan.ssm import deltanet_bytes as _deltanet
 from engine.plan.ssm import mamba1_backward as _mamba1_backward
 from engine.plan.ssm import mamba1_bytes as _mamba1
 from engine.plan.ssm import mamba2_bytes as _mamba2
-from engine.plan.ssm import mamba2_output_side as _mamba2_output_side
 from engine.plan.ssm import mamba2_scan_backward as _mamba2_scan_backward
-from engine.plan.ssm import mamba2_scan_transient as _mamba2_scan_transient
 from engine.plan.ssm import padded as _padded
 from engine.plan.zamba1 import (
     MAMBA1_HEADS,
@@ -55,7 +57,6 @@ from engine.plan.zamba1 import (
     per_head_mamba1,
     shared_block_bytes,
 )
-from engine.plan.zamba1 import freed_before_scan as _zamba1_freed
 from engine.training_config import TrainingConfig
 
 # Layer mixers
@@ -71,7 +72,7 @@ SPARSE_MLA = "sparse_mla"  # MLA behind a lightning indexer (DeepSeek-V3.2, GLM-
 DENSE, MOE, NO_MLP = "dense", "moe", "none"
 
 # Mixers with a causal attention (one mask per kind)
-_ATTENDING = frozenset({ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID, SHARED_MAMBA1})
+_ATTENDING = frozenset({ATTENTION, SLIDING, MLA, SPARSE_MLA, HYBRID, SHARED_MAMBA1, *CCA_KINDS})
 # Modules a layer runs after its scan (the MLP, the mixer's output projection)
 _AFTER_SCAN = frozenset(
     {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "out_proj", "o_proj"}
@@ -93,17 +94,6 @@ class LayerKind:
     mlp: str
 
 
-@dataclass(frozen=True)
-class StackActivations:
-    """Bytes per token saved for backward: all layers together (no checkpointing) and the
-    largest single layer (what checkpointing's recompute holds at once) with the gradients
-    its backward creates beside them."""
-
-    total: float
-    largest: float
-    kinds: tuple[tuple[LayerKind, int], ...]  # each kind and how many layers have it
-
-
 def _cfg(arch: ModelArch) -> dict[str, Any]:
     return arch.text_config
 
@@ -118,7 +108,9 @@ def _mixer_of(cfg: dict[str, Any], name: str) -> str:
     """A layer-type string as configs spell it, as one of the mixers above."""
     name = str(name).lower()
     # Inkling's relative-bias attention, MiniMax's lightning attention (engine.plan.mixers)
+    # ZAYA's CCA attention
     other = rel_mixer(cfg, name) or lightning_mixer(cfg, name) or kda_mixer(cfg, name)
+    other = other or cca_mixer(cfg, name)
     if other:
         return other
     if name in ("sliding_attention", "chunked_attention", "local", "sliding"):
@@ -250,7 +242,8 @@ def _window_masked(arch: ModelArch, config: TrainingConfig) -> bool:
     window = _cfg(arch).get("sliding_window")
     if config.attn != "sdpa" or not isinstance(window, int) or isinstance(window, bool):
         return False
-    return 0 < window <= config.seq_len and SLIDING in {k.mixer for k in layer_kinds(arch)}
+    sliding = {SLIDING, CCA_SLIDING} & {k.mixer for k in layer_kinds(arch)}
+    return 0 < window <= config.seq_len and bool(sliding)
 
 
 def mask_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
@@ -336,14 +329,31 @@ def relu_mlp(arch: ModelArch) -> bool:
     return act == "relu" or arch.model_type in RELU_MLP_TYPES
 
 
+def gated_kept(arch: ModelArch) -> int:
+    """How many intermediate-sized tensors a gated MLP's activation keeps for backward. Plain
+    SwiGLU: the gate (the activation's input), the activation and up. Clamped SwiGLU (a
+    `swiglu_limit`: gate.clamp(max), up.clamp(±limit), GPT-OSS, MiniMax-M3, DeepSeek-V4): the
+    clamps keep their inputs (gate and up, or the fused gate_up they are views of), silu(gate)
+    * up its clamped gate, activation and clamped up: five. With a `swiglu_alpha` (GPT-OSS's
+    form, gate·σ(α·gate) then (up + 1)·glu): the clamped gate, the sigmoid, glu and up + 1
+    beside gate and up: six. A ReLU keeps its output, the product's input anyway: two."""
+    cfg = _cfg(arch)
+    if relu_mlp(arch):
+        return 2
+    limit = cfg.get("swiglu_limit")
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit:
+        return 3
+    return 6 if cfg.get("swiglu_alpha") else 5
+
+
 def _mlp(arch: ModelArch, config: TrainingConfig, b: int, f: int) -> float:
-    """A (gated) MLP's saved tensors: gate output (the activation's input), activation and up
-    outputs; down_proj's input when it is trainable. A ReLU keeps its output, which is the
-    product's (or, ungated, down_proj's) input anyway: one tensor fewer."""
+    """A (gated) MLP's saved tensors: what its activation keeps (gated_kept); down_proj's input
+    when it is trainable. A ReLU keeps its output, which is the product's (or, ungated,
+    down_proj's) input anyway: one tensor fewer."""
     full = config.method == "full"
     relu = relu_mlp(arch)
     if arch.gated_mlp:
-        return (2 if relu else 3) * b * f + (b * f if full else 0)
+        return gated_kept(arch) * b * f + (b * f if full else 0)
     return b * f + (b * f if full and not relu else 0)
 
 
@@ -393,6 +403,10 @@ def layer_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind
         total += rglru_bytes(arch, config, b)
     elif kind.mixer in REL_KINDS:
         total += rel_attention_bytes(arch, config, b, kind.mixer, runs_eager(arch, config))
+    elif kind.mixer in CCA_KINDS:  # ZAYA: attention behind CCA projections, its router's MLP
+        sliding = SLIDING if kind.mixer == CCA_SLIDING else ATTENTION
+        total += _attention(arch, config, b, sliding) + cca_bytes(arch, config, b)
+        total += zaya_router_bytes(arch, config, b) if kind.mlp == MOE else 0.0
     if kind.mlp == DENSE:
         total += _mlp(arch, config, b, arch.intermediate_size) + (b * h if full else 0)
     elif kind.mlp == MOE and arch.model_type in EVERY_EXPERT:
@@ -491,84 +505,3 @@ def _saved_after_indexer(arch: ModelArch, config: TrainingConfig, b: int, kind: 
         arch, config, b, LayerKind(kind.mixer, NO_MLP)
     )
     return out + scores + mlp_side
-
-
-def block_before_scan(arch: ModelArch) -> bool:
-    """Zamba's hybrid layers run the shared transformer block (attention and MLP) before their
-    Mamba block, whose layers have no MLP of their own: `layers_block_type` names "hybrid"
-    layers (Falcon-H1's, Inkling's and ZAYA's "hybrid" `layer_types` are other layouts)."""
-    types = _cfg(arch).get("layers_block_type")
-    return isinstance(types, list) and "hybrid" in types
-
-
-def _after_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
-    """What a Mamba-2 layer saves after its scan: the second norm and the MLP (unless the
-    layer's block runs before the scan), the scan's output side (gated norm, out_proj's input)
-    and LoRA's fp32 inputs of those modules."""
-    h = arch.hidden_size
-    before = block_before_scan(arch)
-    after: float = 0.0 if before else 4 * h if arch.rms_norm else b * h
-    if kind.mixer in ZAMBA1_KINDS:  # the shared block and its MLP run before the scan
-        after = _zamba1_freed(arch, config, b)
-    elif kind.mlp == DENSE and not before:
-        after += _mlp(arch, config, b, arch.intermediate_size)
-    elif kind.mlp == MOE and not before:
-        after += max(arch.experts_per_token, 1) * _mlp(arch, config, b, arch.moe_intermediate_size)
-    if kind.mixer in (MAMBA2, HYBRID):
-        after += _mamba2_output_side(arch, b)
-    roles = attached_roles(arch) if config.is_peft else None
-    if roles is not None:  # LoRA's fp32 inputs of the modules after the scan
-        layers = max(arch.num_layers, 1)
-        names = {"out_proj"} if before else _AFTER_SCAN
-        for group in adapted_groups(roles, config):
-            if group.name in names and not group.tower:
-                after += 4 * group.in_features / layers
-    return after
-
-
-def _freed_before_scan(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
-    """What a layer's backward has freed when it reaches its scan's largest moment: backward
-    runs the layer in reverse, so what the layer saved after the scan is gone by then, and so
-    are the scan's own tensors its later steps saved (engine.plan.ssm)."""
-    if not backward_bytes(arch, config, kind, b):
-        return 0.0
-    freed = _after_scan(arch, config, b, kind)
-    if kind.mixer in (MAMBA2, HYBRID):
-        saved = _mamba2(arch, config, b) - _mamba2_output_side(arch, b)
-        freed += saved - _mamba2_scan_backward(arch, config, b)[0]
-    return freed
-
-
-def _scan_end(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:
-    """Beyond the layer's saved tensors, what its forward holds when the Mamba-2 scan returns:
-    the scan's transients, before the layer saves what comes after the scan."""
-    if kind.mixer not in (MAMBA2, HYBRID):
-        return 0.0
-    return _mamba2_scan_transient(arch, config) - _after_scan(arch, config, b, kind)
-
-
-def stack_activations(
-    arch: ModelArch, config: TrainingConfig, b: int, forward_extra: float = 0.0
-) -> StackActivations:
-    """Every layer's saved bytes per token: their sum and the largest layer (with its
-    backward's own gradients, or what its forward holds for a moment: the mixer's transients
-    or `forward_extra`, held at another moment of a recomputed forward while the layer's saved
-    tensors are alive)."""
-    counts: dict[LayerKind, int] = {}
-    for kind in layer_kinds(arch):
-        counts[kind] = counts.get(kind, 0) + 1
-    sizes = {kind: layer_bytes(arch, config, b, kind) for kind in counts}
-    total = sum(sizes[kind] * n for kind, n in counts.items())
-    largest = max(
-        sizes[kind]
-        + max(
-            backward_bytes(arch, config, kind, b) - _freed_before_scan(arch, config, b, kind),
-            _scan_end(arch, config, b, kind),
-            forward_bytes(arch, config, b, kind),
-            forward_extra,  # at the MLP's end of the layer, after the mixer's transients
-            0.0,
-        )
-        for kind in counts
-    )
-    masks = mask_bytes(arch, config, b)
-    return StackActivations(total + masks, largest + masks, tuple(counts.items()))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.activations import block_before_scan, hyper_streams, stack_activations
+from engine.plan.activations import hyper_streams
 from engine.plan.counts import (
     Linear,
     ParamCounts,
@@ -27,12 +27,15 @@ from engine.plan.counts import (
     stack_notes,
 )
 from engine.plan.hostmem import HostMemory, host_memory
+from engine.plan.layer_peaks import block_before_scan, stack_activations
 from engine.plan.mixers import retained_graph_bytes
 from engine.plan.model_code import (
     bert_style_bytes,
+    carried_state_bytes,
     embed_projection_bytes,
     mask_buffer_bytes,
     recurrent_stack,
+    residual_bytes,
     stack_config,
 )
 from engine.plan.param_lora import parameter_lora_saved_bytes, parameter_lora_transient_bytes
@@ -406,7 +409,8 @@ def estimate_memory(
     largest_layer *= calibration.activation_scale
     mixed = config.method == "full" and config.dtype != "fp32" and not config.pure_bf16
     upcast = config.method == "qlora" and config.kbit_upcast
-    residual = 4 if upcast else b  # the residual stream follows the embeddings' dtype
+    # the residual stream follows the embeddings' dtype (or the model keeps it in fp32)
+    residual = 4 if upcast else residual_bytes(arch, b)
     logits = logits_bytes_per_token(arch, 4 if upcast else b, calibration, loss_path) * tokens
     cast_weights = params.per_layer_linear * b if mixed else 0.0  # autocast's weight copies
     embeddings, head = bert_style_bytes(arch, config, residual)
@@ -422,7 +426,9 @@ def estimate_memory(
         # gradient flowing through it (the logits are gone by then).
         # (with hyper-connections the stream between layers is hc_mult hidden vectors wide)
         stream = h * hyper_streams(arch)
-        saved: float = (n_layers * residual * stream + embeddings) * stack_tokens
+        # beside the stream, the state a layer hands the next (ZAYA's router state)
+        carried = max(n_layers - 1, 0) * carried_state_bytes(arch, b)
+        saved: float = (n_layers * residual * stream + carried + embeddings) * stack_tokens
         at_loss = saved + logits
         # the gradient arriving from the layer above is as wide as the stream; the layer's
         # own hidden-sized gradients are not

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from engine.models import ModelArch
 from engine.plan.counts import ParamCounts, count_params, tower_params
 from engine.plan.hostmem import host_memory
+from engine.plan.model_code import carried_state_bytes, residual_bytes
 from engine.training_config import TrainingConfig
 
 if TYPE_CHECKING:
@@ -304,7 +305,9 @@ def family_memory(
 
     seq = config.seq_len + extra_positions
     tokens = config.batch * seq
-    residual = 4 if mixed else b  # fp32 embeddings carry an fp32 residual stream
+    # fp32 embeddings carry an fp32 residual stream (or the model keeps it in fp32)
+    residual = 4 if mixed else residual_bytes(arch, b)
+    carried = max(n_layers - 1, 0) * carried_state_bytes(arch, b) * tokens
     logits = est.logits_bytes_per_token(arch, b, calibration, loss_path) * tokens
     # autocast's 16-bit weight copies, kept for backward (input gradients) in layers that
     # run backward; the output head's too
@@ -317,7 +320,7 @@ def family_memory(
     # MatMul8bitLt keeps its tensors as ctx attributes, out of checkpointing's reach
     int8_kept = n_layers * int8_saved_bytes(arch, b) * tokens if int8 else 0.0
     if config.grad_ckpt:
-        saved = n_layers * residual * h * tokens + prefix_cache + cast_head + int8_kept
+        saved = n_layers * residual * h * tokens + carried + prefix_cache + cast_head + int8_kept
         at_loss = saved + logits
         working = per_layer * tokens + 4 * residual * h * tokens + cast_layer + prefix_layer
         at_recompute = saved - cast_head + working + dequant

@@ -205,3 +205,46 @@ def lightning_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
     if config.method == "full":  # qkv_proj/output_gate's input, out_proj's input
         total += b * arch.hidden_size + b * hd
     return total
+
+
+# -- ZAYA's compressed convolutional attention (CCA) -------------------------------------------
+
+CCA = "cca"  # ZAYA's "hybrid" layers: CCA projections, then full attention
+CCA_SLIDING = "cca_sliding"  # its "hybrid_sliding" layers: the same, sliding-window attention
+CCA_KINDS = frozenset({CCA, CCA_SLIDING})
+
+
+def cca_mixer(cfg: dict[str, Any], name: str) -> str | None:
+    """ZAYA's layer types (its config has the CCA convolutions' cca_time0/cca_time1): every
+    layer is attention behind CCA projections, none a state-space scan."""
+    if "cca_time0" not in cfg or "cca_time1" not in cfg:
+        return None
+    return {"hybrid": CCA, "hybrid_sliding": CCA_SLIDING}.get(name)
+
+
+def cca_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Per token, what ZayaCCAProjection and ZayaQKNorm keep beyond plain attention's q, k, v
+    and output (q and k both qd + kvd wide together): the causal 1D convolutions over the
+    concatenated q/k projections keep their inputs (the padded concatenation and the
+    depthwise convolution's output), the L2 norms keep q and k before normalising (and a norm
+    per head). With trainable weights, the norm's key scale keeps the normalised k, and the
+    layer's two ZayaResidualScaling (after attention, after the MLP) keep what their scales
+    multiply: the fp32 residual plus its bias and the branch's output plus its bias."""
+    heads, kv_heads, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
+    qk = (heads + kv_heads) * d
+    total: float = 2 * b * qk + b * qk + 2 * b * (heads + kv_heads)
+    if config.method == "full":
+        total += b * kv_heads * d + 2 * (4 + b) * arch.hidden_size
+    return total
+
+
+def zaya_router_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> float:
+    """Per token, ZayaRouter's MLP over router_hidden_size R: its RMSNorm's fp32 input, the
+    two GELUs' inputs, the softmax over the experts plus the skip expert. With trainable
+    weights also the carried router state (kept by its scale), the norm's output and the
+    linear layers' inputs."""
+    r = _int(arch.text_config, "router_hidden_size", arch.hidden_size)
+    total: float = 4 * r + 2 * b * r + b * (arch.num_experts + 1)
+    if config.method == "full":
+        total += 4 * b * r
+    return total

@@ -97,3 +97,24 @@ def embed_projection_bytes(arch: ModelArch, config: TrainingConfig, b: int) -> t
     if config.is_peft:
         return float(4 * width), float(4 * h)
     return 0.0, 0.0
+
+
+# models whose transformers code keeps the residual stream between decoder layers in fp32,
+# whatever the compute dtype (ZayaModel's and ZayaDecoderLayer's `residual_in_fp32` path: the
+# layers' outputs, hence checkpointing's saved inputs and the gradients between layers)
+FP32_RESIDUAL = frozenset({"zaya"})
+
+
+def residual_bytes(arch: ModelArch, b: int) -> int:
+    """Bytes per element of the residual stream between layers (see FP32_RESIDUAL)."""
+    return 4 if arch.model_type in FP32_RESIDUAL else b
+
+
+def carried_state_bytes(arch: ModelArch, b: int) -> float:
+    """Per token, what a decoder layer hands the next beside the residual stream, which
+    checkpointing keeps with each layer's input: ZAYA's router state (ZayaRouter's
+    router_hidden_size-wide down projection, cloned and added into the next layer's router)."""
+    width = arch.text_config.get("router_hidden_size")
+    if not arch.is_moe or not isinstance(width, int) or isinstance(width, bool):
+        return 0.0
+    return float(b * width)

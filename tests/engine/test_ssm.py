@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.models import ModelArch
-from engine.plan.activations import DENSE, HYBRID, MAMBA2, NO_MLP, block_before_scan, layer_kinds
+from engine.plan.activations import DENSE, HYBRID, MAMBA2, NO_MLP, layer_kinds
+from engine.plan.layer_peaks import block_before_scan
 from engine.plan.ssm import mamba2_bytes, mamba2_scan_backward, mamba2_scan_transient
 from engine.training_config import TrainingConfig
 
