@@ -101,21 +101,24 @@ class Fp32States:
 
 
 def kept_fp32_states(params: ParamCounts, config: TrainingConfig, b: int) -> Fp32States:
-    """What loading in `b`-byte weights leaves 2 bytes short on fp32-kept parameters: a LoRA
-    base's frozen ones, a QLoRA base's unquantised ones (without k-bit upcasting, which makes
-    every kept parameter fp32 anyway), and a pure-16-bit full fine-tune's weights, gradients
-    and AdamW states (fp32 master weights or --dtype fp32 already count 4 bytes)."""
+    """What loading in `b`-byte weights leaves 2 bytes short on fp32-kept parameters: a frozen
+    16-bit base's (LoRA, prompts, IA3, ...; bias / freeze under --pure-bf16), a QLoRA or
+    8-bit base's unquantised ones (without k-bit upcasting, which makes every kept parameter
+    fp32 anyway), and a pure-16-bit full fine-tune's weights, gradients and AdamW states (fp32
+    master weights or --dtype fp32 already count 4 bytes)."""
     from engine.plan.estimator import optimizer_bytes_per_param, optimizer_temp_bytes_per_param
 
     wide = 4 - b
     if wide <= 0 or params.fp32 <= 0:
         return Fp32States()
-    if config.method == "lora":
-        return Fp32States(frozen=wide * params.fp32)
-    if config.method == "qlora":
+    if config.method == "qlora" or config.base_bits == 8:  # bitsandbytes quantises Linears
         kept = 0 if config.kbit_upcast else params.fp32 - params.fp32_quantizable
         return Fp32States(frozen=wide * kept)
-    if config.method != "full" or not config.pure_bf16:
+    if config.method in ("bias", "freeze") and not config.pure_bf16:
+        return Fp32States()  # fp32 master weights: 4 bytes already
+    if config.method != "full":  # a 16-bit base, frozen (bias / freeze: mostly)
+        return Fp32States(frozen=wide * params.fp32)
+    if not config.pure_bf16:
         return Fp32States()
     updated = params.fp32 - params.fp32_idle
     optim = config.optim

@@ -36,6 +36,10 @@ def test_fp32_parameters_cost_two_more_bytes_in_a_pure_bf16_full_fine_tune() -> 
     assert kept_fp32_states(PARAMS, TrainingConfig(method="full"), 2).trainable == 0  # masters
     assert kept_fp32_states(PARAMS, TrainingConfig(method="lora"), 2).frozen == 2 * 120
     assert kept_fp32_states(PARAMS, TrainingConfig(method="qlora"), 2).frozen == 2 * 115
+    eight_bit = TrainingConfig(method="lora", base_bits=8)
+    assert kept_fp32_states(PARAMS, eight_bit, 2).frozen == 2 * 115  # its Linears are int8
+    assert kept_fp32_states(PARAMS, TrainingConfig(method="prompt"), 2).frozen == 2 * 120
+    assert kept_fp32_states(PARAMS, TrainingConfig(method="bias"), 2).frozen == 0  # masters
 
 
 def test_the_heads_gradient_comes_after_the_loss_working_set() -> None:
