@@ -491,7 +491,9 @@ def forward_bytes(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKi
     scoring = max(
         4 * heads * dim + 4 * heads * keys, 2 * 4 * heads * keys, 4 * heads * keys + 2 * 4 * keys
     )
-    return queries + scoring - _saved_after_indexer(arch, config, b, kind)
+    # LoRA's fp32 inputs of the Linears after the attention are not made yet either
+    later = _saved_after_indexer(arch, config, b, kind) + lora_inputs_after_attention(arch, config)
+    return queries + scoring - later
 
 
 def _saved_after_indexer(arch: ModelArch, config: TrainingConfig, b: int, kind: LayerKind) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from engine.models import ModelArch
+from engine.plan.fp32_params import kept_fp32
 from engine.plan.param_targets import idle_trainable, lora_param_count, parameter_lora
 from engine.plan.params import ParamRoles, attached_roles
 from engine.training_config import TrainingConfig
@@ -28,6 +29,12 @@ class ParamCounts:
     # trainable parameters text-only training never updates (multimodal towers): no
     # gradients, no optimizer states
     idle: int = 0
+    # parameters the model keeps in fp32 when loaded in 16 bits (engine/plan/fp32_params.py):
+    # all of them, the output head's, those never updated, those QLoRA quantises anyway
+    fp32: int = 0
+    fp32_head: int = 0
+    fp32_idle: int = 0
+    fp32_quantizable: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -133,6 +140,8 @@ def _counts_from_roles(
     decoder = roles.total - embedding - lm_head - roles.role("towers") - roles.role("mtp")
     lora = lora_param_count(roles, config) if config is not None and config.is_peft else 0
     trainable = roles.total if config is None or config.method == "full" else lora
+    dtype = config.dtype if config is not None else "bf16"
+    kept = kept_fp32(roles.kept_fp32, dtype, tied=not lm_head)
     return ParamCounts(
         total=roles.total + lora,
         embedding=embedding,
@@ -143,6 +152,10 @@ def _counts_from_roles(
         per_layer_linear=decoder // max(arch.num_layers, 1),
         lora=lora,
         idle=idle_trainable(roles, config),
+        fp32=kept.total,
+        fp32_head=kept.head,
+        fp32_idle=kept.idle,
+        fp32_quantizable=kept.quantizable,
     )
 
 

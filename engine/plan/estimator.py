@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import ModelArch
+from engine.plan import loss_head
 from engine.plan.activations import hyper_streams
 from engine.plan.counts import (
     Linear,
@@ -26,6 +27,7 @@ from engine.plan.counts import (
     lora_targets,
     stack_notes,
 )
+from engine.plan.fp32_params import kept_fp32_states
 from engine.plan.hostmem import HostMemory, host_memory
 from engine.plan.layer_peaks import block_before_scan, stack_activations
 from engine.plan.mixers import retained_graph_bytes
@@ -291,6 +293,12 @@ def _states(arch: ModelArch, config: TrainingConfig, params: ParamCounts) -> _St
     state_bytes = 4 if (config.is_peft or mixed or config.dtype == "fp32") else b
     optim = updated * optimizer_bytes_per_param(config.optim, state_bytes)
     temp = updated * optimizer_temp_bytes_per_param(config.optim, state_bytes)
+    wide = kept_fp32_states(params, config, b)  # parameters a 16-bit model keeps in fp32
+    frozen += wide.frozen
+    trainable += wide.trainable
+    grads += wide.gradients
+    optim += wide.optimizer
+    temp += wide.optimizer_temp
     if mixed:
         # autocast keeps a compute-dtype copy of every weight it casts for the backward pass.
         notes.append("mixed precision: fp32 master weights, bf16 copies cached by autocast")
@@ -455,11 +463,15 @@ def estimate_memory(
     # Gradients of embeddings/lm_head land early in backward; the rest grow as activations
     # are freed. With accumulation, the previous micro-batches' gradients are resident.
     resident_grads = states.gradients if config.grad_accum > 1 else 0.0
-    early_grads = 0.0
-    if config.method == "full":
-        head = params.lm_head or params.embedding
-        early_grads = head * (states.gradients / max(params.trainable - params.idle, 1))
+    early_grads = loss_head.head_gradient_bytes(params, config, b, states.gradients)
     fb_grads = max(resident_grads, early_grads)
+    # the head's gradient comes once the loss's working set is freed (engine/plan/loss_head.py)
+    moment = loss_head.loss_moment(
+        arch, saved=saved, at_loss=at_loss, logits=logits, tokens=tokens,
+        resident_grads=resident_grads, head_grads=early_grads,
+        logit_bytes=loss_head.head_output_bytes(params, config, b),
+        final=loss_head.final_norm_bytes(arch, config, residual) * tokens if ckpt else 0.0,
+    )  # fmt: skip
     # backward recomputes the first layers last: by then every layer above has its gradient
     recompute_grads = max(fb_grads, states.gradients * (1 - 1 / max(n_layers, 1)))
     # DDP keeps gradient buckets as a second copy of the gradients.
@@ -471,7 +483,6 @@ def estimate_memory(
         + states.trainable_weights
         + states.optimizer
         + states.gathered_params
-        + fb_grads
         + ddp_buckets
     )
     optimizer_step = (
@@ -488,8 +499,8 @@ def estimate_memory(
     optimizer_step += kept * kept_layers * tokens
     at_recompute += kept * max(kept_layers - 1, 0) * tokens if ckpt else 0.0
     phase_bytes = {
-        "forward_backward": base + at_loss,
-        "recompute": base - fb_grads + recompute_grads + at_recompute if ckpt else 0.0,
+        "forward_backward": base + moment.bytes,
+        "recompute": base + recompute_grads + at_recompute if ckpt else 0.0,
         "optimizer_step": optimizer_step,
     }
     peak_phase = max(phase_bytes, key=lambda k: phase_bytes[k])
@@ -505,9 +516,9 @@ def estimate_memory(
     if peak_phase == "forward_backward":
         breakdown = {
             **common,
-            "gradients": fb_grads + ddp_buckets,
-            "activations": saved,
-            "logits_and_loss": logits,
+            "gradients": moment.gradients + ddp_buckets,
+            "activations": moment.activations,
+            "logits_and_loss": moment.logits,
             "temporaries": 0.0,
         }
     elif peak_phase == "recompute":

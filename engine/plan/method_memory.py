@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from engine.models import ModelArch
 from engine.plan.counts import ParamCounts, count_params, tower_params
+from engine.plan.fp32_params import kept_fp32_states
 from engine.plan.hostmem import host_memory
 from engine.plan.model_code import carried_state_bytes, residual_bytes
 from engine.training_config import TrainingConfig
@@ -297,6 +298,7 @@ def family_memory(
         )
         backward_layers = shape.backward_layers
         notes.extend(describe(shape, config))
+    frozen += kept_fp32_states(base, config, b).frozen  # what the 16-bit model keeps in fp32
     per_layer *= calibration.activation_scale
     trainable_weights = params.trainable * trainable_bytes
     grads = params.trainable * trainable_bytes

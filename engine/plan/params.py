@@ -30,7 +30,7 @@ from engine.paths import ftui_cache
 from engine.training_config import ALL_LINEAR
 
 # Bump when what is counted changes: old cache entries are then ignored.
-SCHEMA = 10
+SCHEMA = 11
 ROLES = (
     "embedding",  # input (and position) embeddings
     "lm_head",  # the output head when it is not tied to the embeddings
@@ -107,6 +107,9 @@ class ParamRoles:
     parameter_lora_parts: dict[str, list[int]] = field(default_factory=dict)
     parameter_lora_targets: dict[str, str] = field(default_factory=dict)
     parameter_lora_fused: dict[str, list[str]] = field(default_factory=dict)
+    # parameters that stay fp32 when the model is loaded in 16 bits, by load dtype ("bf16",
+    # "fp16") and role, plus "no_gradient" and "quantizable" (engine/plan/fp32_params.py)
+    kept_fp32: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def role(self, name: str) -> int:
         return self.roles.get(name, 0)
@@ -147,6 +150,10 @@ class ParamRoles:
             },
             parameter_lora_fused={
                 str(k): [str(x) for x in v] for k, v in data.get("parameter_lora_fused", {}).items()
+            },
+            kept_fp32={
+                str(dtype): {str(k): int(v) for k, v in counts.items()}
+                for dtype, counts in data.get("kept_fp32", {}).items()
             },
         )
 
@@ -413,6 +420,9 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
     """Count a built model's parameters by role (each shared parameter once)."""
     import torch
 
+    from engine.plan.fp32_params import Fp32Census
+
+    census = Fp32Census(model)
     output = model.get_output_embeddings()
     inputs = model.get_input_embeddings()
     tied = output is not None and inputs is not None and output.weight is inputs.weight
@@ -444,7 +454,7 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
             if id(weight) not in seen:
                 sums[3] += int(weight.numel())
                 quantizable += int(weight.numel()) if quantized else 0
-        for param in module.parameters(recurse=False):
+        for param_name, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue
             seen.add(id(param))
@@ -457,9 +467,22 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
                 role = _role(module_name, kind)
             if role == "routed_experts" and param.dim() == 3:
                 expert_tensors += count
-            if _INDEXER.search(module_name):
+            indexer = bool(_INDEXER.search(module_name))
+            if indexer:
                 no_gradient += count
             roles[role] += count
+            census.add(
+                f"{module_name}.{param_name}" if module_name else param_name,
+                param,
+                role,
+                count,
+                no_gradient=indexer,
+                # what the 4-bit count above takes: a plain Linear's weight, the head's not
+                quantizable=quantized
+                and module is not output
+                and adaptable_linear(module)
+                and param is module.weight,
+            )
     linears = tuple(
         LinearGroup(name, n, in_f, out_f, weights, expert, tower)
         for (name, expert, tower), (n, in_f, out_f, weights) in sorted(groups.items())
@@ -484,6 +507,7 @@ def roles_of_model(model: Any, version: str = "") -> ParamRoles:
             )
             if getattr(model, flag, True)
         ),
+        kept_fp32=census.counts,
     )
 
 
