@@ -102,6 +102,7 @@ class ModelArch:
                 "dim_ff",
                 "dff",
                 "ffn_dim",
+                "ffn_hidden_size",  # Falcon's MLP width
                 default=4 * self.hidden_size,
             )
         )

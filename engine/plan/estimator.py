@@ -566,30 +566,6 @@ def estimate_memory(
     )
 
 
-def training_flops_per_token(arch: ModelArch, config: TrainingConfig) -> float:
-    """FLOPs per trained token: 6·N_active for a full fine-tune (2 forward + 4 backward);
-    frozen weights skip the weight-gradient matmuls (4·N); recompute adds a forward (2·N);
-    plus attention's sequence-dependent term."""
-    params = count_params(arch, config)
-    active: float = params.total - params.lora - params.embedding
-    if arch.is_moe:
-        experts = arch.num_experts
-        expert_share = 3 * arch.hidden_size * arch.moe_intermediate_size * experts
-        active -= arch.num_layers * expert_share * (1 - arch.experts_per_token / experts)
-    attn = 2 * arch.num_layers * config.seq_len * arch.num_heads * arch.head_dim  # causal: half
-    if config.method == "full":
-        flops = 6 * active + 6 * attn
-    else:
-        flops = 4 * active + 6 * attn + 6 * params.lora
-    if config.grad_ckpt:
-        flops += 2 * active + 2 * attn
-    if config.stage in PREFERENCE_STAGES:  # the reference's (and KTO's KL) forwards
-        from engine.plan.stages import extra_forward_passes
-
-        flops += extra_forward_passes(config) * (2 * active + 2 * attn)
-    return float(flops)
-
-
 __all__ = [
     "DEFAULT_CALIBRATION",
     "GIB",
@@ -602,5 +578,4 @@ __all__ = [
     "estimate_memory",
     "layer_activation_bytes",
     "lora_targets",
-    "training_flops_per_token",
 ]

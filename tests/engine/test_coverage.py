@@ -29,21 +29,11 @@ DOCUMENTED_DECLINES = {
     "longcat_flash": "its expert loop picks experts with nonzero/.item() over the choices",
 }
 # Architectures left out of the sweep, with why (the docs say so too).
-LEFT_OUT = {
-    "zamba": "its per-head Mamba-1 scan runs token by token under fake tensors (minutes a step)",
-}
+LEFT_OUT: dict[str, str] = {}
 # Architectures whose analytic estimate is not yet within 10% of the dry run, each with what
 # is known (docs/estimator.md lists them too). Anything else over 10% fails the test, and so
 # does a listed one that has come within 10% (the list must say what is true).
-KNOWN_OFF = {
-    "falcon_h1": "LoRA 128 +10.4%: its Mamba-2 scan's working set below one chunk is overcounted",
-    "hy_v4": "full 128 -14.5%: fp32 lm_head and hyper-connection parameters not modelled",
-    "inkling2_text": "full 128 +12%: the output layer's gradient counted beside the whole loss",
-    "inkling2_loop_text": "full 128 +13%: as inkling2_text",
-    "minimax_m3_vl_text": "LoRA 512 +10.4%: clamped SwiGLU and PEFT's fp32 forward at the peak",
-    "zamba2": "LoRA 512 -12%: six fp32 seq x seq tensors at the peak, not attributed",
-    "zaya": "+23..40%: its token mixer is read as attention + Mamba-2, not modelled",
-}
+KNOWN_OFF: dict[str, str] = {}
 
 WORKERS = 2
 DEADLINE_S = 40 * 60  # the whole sweep; about 8 minutes on two cores
