@@ -237,10 +237,11 @@ def checkpoint_at_end(checkpoint: str | None) -> int | None:
     return step if max_steps > 0 and step >= max_steps else None
 
 
-# What a Trainer checkpoint holds beside the model files `save_model` wrote into it.
+# What a Trainer checkpoint holds beside the model files `save_model` wrote into it (under
+# FSDP's sharded state dict those are pytorch_model_fsdp_*/, as in final/ after training).
 _TRAINING_STATE = ("optimizer*", "scheduler.pt", "scaler.pt", "rng_state*", "trainer_state.json",
                    "training_args.bin", "global_step*", "latest", "zero_to_fp32.py",
-                   "pytorch_model_fsdp_*", "checkpoint-is-incomplete.txt")  # fmt: skip
+                   "checkpoint-is-incomplete.txt")  # fmt: skip
 
 
 def _sharded(trainer: Any) -> bool:
